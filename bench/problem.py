@@ -30,6 +30,9 @@ class Problem:
     cost_terms: for separable costs f(z) = sum_i f_i(z_i): returns the per-coordinate terms
         [n, dim] for z [n, dim]. None when f does not split over coordinates.
     differentiable_cost: whether df/dz exists and autograd computes it (pathwise needs it).
+    cost_accepts_relaxed: for discrete q, whether f is also defined (and differentiable) on the
+        continuous relaxation of the support: [0, 1] for Bernoulli, the simplex for one-hot
+        categoricals. Straight-through, Gumbel-softmax, REBAR and RELAX need it.
     exact_gradient: the true gradient per parameter (same shapes as params), or None.
     truth_method: how exact_gradient was obtained; one of TRUTH_METHODS.
     truth_se: for truth_method == "reference", the standard error of each coordinate.
@@ -44,11 +47,13 @@ class Problem:
     truth_se: Mapping[str, Tensor] | None = None
     cost_terms: Callable[[Tensor], Tensor] | None = None
     differentiable_cost: bool = True
+    cost_accepts_relaxed: bool = False
     settings: Mapping[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.truth_method not in TRUTH_METHODS:
-            raise ValueError(f"truth_method must be one of {TRUTH_METHODS}, not {self.truth_method!r}")
+            raise ValueError(f"truth_method must be one of {TRUTH_METHODS}, "
+                             f"not {self.truth_method!r}")
         if (self.exact_gradient is None) != (self.truth_method == "none"):
             raise ValueError("exact_gradient is given exactly when truth_method is not 'none'")
         if self.exact_gradient is not None:

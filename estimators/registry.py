@@ -14,7 +14,7 @@ and receives that state as the keyword argument `state`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
@@ -28,7 +28,7 @@ EstimatorFn = Callable[..., Estimates]
 
 @dataclass(frozen=True)
 class Requirement:
-    """A capability an estimator needs. `check` returns None when the problem has it, else why not."""
+    """A capability an estimator needs: `check` gives None when the problem has it, else why not."""
 
     name: str
     check: Callable[[Problem], str | None]

@@ -30,7 +30,8 @@ class Setting:
         try:
             value = self.type(text) if self.type is not int else _parse_int(text)
         except ValueError:
-            raise ValueError(f"setting {self.name} takes a {self.type.__name__}, not {text!r}") from None
+            raise ValueError(f"setting {self.name} takes a {self.type.__name__}, "
+                             f"not {text!r}") from None
         return value
 
     def validate(self, value: Any) -> str | None:
@@ -113,11 +114,11 @@ def _load_all() -> None:
 
 # Domain checks shared by suites.
 def positive(value: float) -> str | None:
-    return None if value > 0 and value == value and value != float("inf") else "must be > 0 and finite"
+    return None if 0 < value < float("inf") else "must be > 0 and finite"
 
 
 def finite(value: float) -> str | None:
-    return None if value == value and abs(value) != float("inf") else "must be finite"
+    return None if abs(value) < float("inf") else "must be finite"
 
 
 def at_least(bound: int) -> Callable[[int], str | None]:

@@ -1,0 +1,70 @@
+"""Rendering tidy results as a terminal table: one line per (setting, estimator, param)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+from rich.table import Table
+
+from bench.store import RESERVED_COLUMNS
+
+_NOT_SETTINGS = RESERVED_COLUMNS | {"python_version"}
+
+
+def fmt(value: float, se: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    text = f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    if se is None or math.isnan(se):
+        return text
+    return f"{text} ± {se:.2g}"
+
+
+def varying_columns(frame: pd.DataFrame, candidates: list[str]) -> list[str]:
+    return [c for c in candidates if c in frame and frame[c].nunique(dropna=True) > 1]
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """Columns that are suite settings or hyperparameters (everything not in the fixed schema)."""
+    return [c for c in frame.columns if c not in _NOT_SETTINGS and c not in ("param", "coord")]
+
+
+def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
+    """Coordinate 0 of each parameter per cell (all coordinates are in the parquet)."""
+    first = frame[frame["coord"] == 0]
+    keys = varying_columns(first, ["suite", *setting_columns(first), "device"])
+    first = first.sort_values([*keys, "estimator", "param"], kind="stable")
+    table = Table(title=title or None, caption="coordinate 0 of each parameter; ± one standard "
+                  "error; bias in red where |bias| > 4 SE", caption_justify="left")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_column("estimator")
+    table.add_column("param")
+    table.add_column("truth", justify="right")
+    table.add_column("bias ± SE", justify="right")
+    table.add_column("variance ± SE", justify="right")
+    table.add_column("evals", justify="right")
+    table.add_column("s/estimate ± SE", justify="right")
+    for row in first.itertuples(index=False):
+        r = row._asdict()
+        bias = fmt(r["bias"], r["bias_se"])
+        significant = not math.isnan(r["bias"]) and abs(r["bias"]) > 4 * r["bias_se"]
+        if significant:
+            bias = f"[red]{bias}[/red]"
+        variance = fmt(r["variance"], r["variance_se"])
+        if r.get("nonfinite", 0):
+            variance += f" [yellow]({r['nonfinite']} non-finite dropped)[/yellow]"
+        table.add_row(
+            *[_cell(r[k]) for k in keys],
+            r["estimator"], r["param"], fmt(r["truth"]), bias, variance,
+            f"{r['evals_per_estimate']:g}",
+            fmt(r["seconds_per_estimate"], r.get("seconds_per_estimate_se")),
+        )
+    return table
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:g}"
+    return str(value)
