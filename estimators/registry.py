@@ -76,6 +76,7 @@ class Estimator:
     evals: Callable[..., float]
     warmup: Callable[..., Any] | None = None
     warmup_evals: Callable[..., float] | None = None
+    memory: Callable[..., float] | None = None
     description: str = ""
 
     def applicability(self, problem: Problem) -> str | None:
@@ -89,6 +90,13 @@ class Estimator:
     def evals_per_estimate(self, problem: Problem, hyperparams: Mapping[str, Any]) -> float:
         """Evaluations of f that one gradient estimate costs (warm-up excluded)."""
         return float(self.evals(problem, **hyperparams))
+
+    def memory_per_estimate(self, problem: Problem, hyperparams: Mapping[str, Any]) -> float:
+        """Working memory of one estimate, in multiples of the parameters' size: what the runner
+        sizes chunks by. Defaults to the evaluations of f per estimate."""
+        if self.memory is None:
+            return self.evals_per_estimate(problem, hyperparams)
+        return float(self.memory(problem, **hyperparams))
 
     def warmup_evals_total(self, problem: Problem, hyperparams: Mapping[str, Any]) -> float:
         """Evaluations of f spent once per cell before measurement (0 without a warm-up)."""
@@ -114,9 +122,12 @@ def register_estimator(
     evals: Callable[..., float] | float = 1,
     warmup: Callable[..., Any] | None = None,
     warmup_evals: Callable[..., float] | None = None,
+    memory: Callable[..., float] | float | None = None,
 ) -> Callable[[EstimatorFn], EstimatorFn]:
     """Register `fn` under `name`. `evals` is the cost in evaluations of f per estimate: a number
-    or a function of (problem, **hyperparams)."""
+    or a function of (problem, **hyperparams). `memory` (same forms) is the working memory of one
+    estimate in multiples of the parameters' size, when it differs from `evals` (an estimator
+    that computes once per batch and repeats, say)."""
 
     def decorate(fn: EstimatorFn) -> EstimatorFn:
         if name in _REGISTRY:
@@ -133,6 +144,8 @@ def register_estimator(
             evals=cost,
             warmup=warmup,
             warmup_evals=warmup_evals,
+            memory=memory if callable(memory) or memory is None
+            else (lambda problem, **_: float(memory)),
             description=doc[0] if doc else "",
         )
         return fn

@@ -57,3 +57,20 @@ gaussian = Requirement("Gaussian", _gaussian)
 bernoulli = Requirement("Bernoulli", _bernoulli)
 discrete = Requirement("Bernoulli or categorical", _discrete)
 has_log_prob = Requirement("log_prob", _has_log_prob)
+
+
+def _relaxed_cost(problem: Problem) -> str | None:
+    if not problem.cost_accepts_relaxed:
+        return "the cost is not defined on the continuous relaxation"
+    return None
+
+
+def _enumerable_support(problem: Problem) -> str | None:
+    # Imported here: the enumeration module is only needed by the estimators that enumerate.
+    from bench.enumeration import enumeration_refusal
+
+    return enumeration_refusal(problem)
+
+
+relaxed_cost = Requirement("relaxed cost", _relaxed_cost)
+enumerable_support = Requirement("enumerable support", _enumerable_support)

@@ -1,10 +1,10 @@
-import os
 
 import pytest
 import torch
 
-# Two cores here and in CI: keep torch from oversubscribing when pytest runs in parallel.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread, as `bench run` uses by default: on a busy 2-core machine two OpenMP threads made
+# small autograd graphs ~9x slower and some elementwise ops ~100x slower.
+torch.set_num_threads(1)
 
 
 @pytest.fixture
