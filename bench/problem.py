@@ -36,6 +36,10 @@ class Problem:
     exact_gradient: the true gradient per parameter (same shapes as params), or None.
     truth_method: how exact_gradient was obtained; one of TRUTH_METHODS.
     truth_se: for truth_method == "reference", the standard error of each coordinate.
+    cost_grad: optional closed form of df/dz: takes z [n, *sample_shape] and returns
+        [n, *sample_shape], row i = the gradient of f(z_i) with respect to z_i, i.e. what
+        autograd gives for grad(cost(z).sum(), z). Lets pathwise skip the autograd graph (same
+        draws, same estimates up to rounding); None: pathwise differentiates `cost`.
     settings: the suite settings this problem was built from (for error messages).
     """
 
@@ -49,6 +53,7 @@ class Problem:
     differentiable_cost: bool = True
     cost_accepts_relaxed: bool = False
     settings: Mapping[str, object] = field(default_factory=dict)
+    cost_grad: Callable[[Tensor], Tensor] | None = None
 
     def __post_init__(self) -> None:
         if self.truth_method not in TRUTH_METHODS:

@@ -5,6 +5,7 @@ statistics. Results are plain Python/numpy values (never tensors), so any execut
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -18,14 +19,23 @@ import torch
 from bench.errors import BenchError, unknown_name
 from bench.problem import Problem
 from bench.seeding import derive_seed, seeded
-from bench.statistics import Moments, mean_and_se
+from bench.statistics import Moments, StreamingMoments
 from estimators.registry import Estimator, all_estimators, get_estimator
 from suites.registry import Suite, get_suite
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # Elements of one parameter's estimates per chunk: bounds memory whatever `samples` is, and keeps
-# temporaries cache-sized (on the CPU, 80 MB temporaries ran 8x slower than 0.25 MB ones).
+# temporaries cache-sized (on the CPU, 80 MB temporaries ran 8x slower than 0.25 MB ones). With
+# 2 parameters a chunk's float64 temporaries are 2 x 2^15 x 8 B = 0.5 MiB each, a few of which
+# fit a 1 MiB L2; measured on this CPU (AMD EPYC, pathwise, dim 1): 2^15 and 2^16 were fastest,
+# 2^14 ~15% slower (per-chunk overhead), 2^17 ~10-20% slower (L2 misses). Fixed rather than read
+# from the machine: the chunking fixes the per-chunk seeds, so the same on every machine.
 CHUNK_ELEMENTS = 1 << 15
+# A GPU needs large kernels to pay for their launches (~5 us each): 2^22 elements (32 MiB per
+# float64 temporary, a few hundred MiB per chunk with an estimator's temporaries) keeps launch
+# overhead small on any CUDA device and memory far below a GPU's. Fixed, not read from the
+# device, so a cell's draws (seeded per chunk) are the same on every GPU.
+CUDA_CHUNK_ELEMENTS = 1 << 22
 MIN_CHUNKS = 4  # so seconds per estimate gets a standard error
 
 
@@ -220,10 +230,13 @@ def _hyper_grid(estimator: Estimator, hyper_values: Mapping[tuple[str | None, st
         yield dict(zip(axes, combo, strict=True))
 
 
-def chunk_size(problem: Problem, samples: int, evals: float) -> int:
-    """Estimates per chunk: bounded memory (elements x evaluations), at least MIN_CHUNKS chunks."""
+def chunk_size(problem: Problem, samples: int, memory: float,
+               device: torch.device | str = "cpu") -> int:
+    """Estimates per chunk: bounded memory (parameter elements x the estimator's memory per
+    estimate, see Estimator.memory_per_estimate), at least MIN_CHUNKS chunks."""
     numel = max(int(v.numel()) for v in problem.params.values())
-    by_memory = max(1, CHUNK_ELEMENTS // max(1, int(numel * max(1.0, evals))))
+    budget = CUDA_CHUNK_ELEMENTS if torch.device(device).type == "cuda" else CHUNK_ELEMENTS
+    by_memory = max(1, budget // max(1, int(numel * max(1.0, memory))))
     by_count = max(2, math.ceil(samples / MIN_CHUNKS))
     return max(1, min(by_memory, by_count, samples))
 
@@ -233,11 +246,142 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class ChunkTimer:
+    """Seconds per estimate of each chunk, streamed into a mean and its standard error (Welford),
+    so a cell of 1e9 estimates keeps no per-chunk list.
+
+    CPU: perf_counter around the estimator call. CUDA: events recorded on the stream around it,
+    read back every FLUSH chunks and at the end, so timing costs no host round-trip per chunk.
+    An event pair measures the stream's time between the two points, which includes any wait
+    for the host to launch the kernels: the chunk's real cost on a synchronised device.
+    """
+
+    FLUSH = 256
+
+    def __init__(self, device: torch.device, discard_first: bool = False) -> None:
+        self.cuda = device.type == "cuda"
+        self.count, self._mean, self._m2 = 0, 0.0, 0.0
+        # The first chunk of a cell pays one-off costs (lazy initialisation, first allocations,
+        # cold caches) that are not the estimator's: its estimates count, its time does not.
+        self._discard = 1 if discard_first else 0
+        self._pending: list[tuple[Any, Any, int]] = []
+        self._start: Any = None
+
+    def start(self) -> None:
+        if self.cuda:
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._start.record()
+        else:
+            self._start = time.perf_counter()
+
+    def stop(self, estimates: int) -> None:
+        if self.cuda:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            self._pending.append((self._start, end, estimates))
+            if len(self._pending) >= self.FLUSH:
+                self._flush()
+        else:
+            self._add((time.perf_counter() - self._start) / estimates)
+
+    def _add(self, seconds: float) -> None:
+        if self._discard:
+            self._discard -= 1
+            return
+        self.count += 1
+        delta = seconds - self._mean
+        self._mean += delta / self.count
+        self._m2 += delta * (seconds - self._mean)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._pending[-1][1].synchronize()
+            for start, end, estimates in self._pending:
+                self._add(start.elapsed_time(end) / 1000.0 / estimates)  # ms -> s
+            self._pending.clear()
+
+    def mean_and_se(self) -> tuple[float, float]:
+        """Mean seconds per estimate over chunks and its standard error (NaN below 2 chunks)."""
+        self._flush()
+        if self.count == 0:
+            return math.nan, math.nan
+        if self.count < 2:
+            return self._mean, math.nan
+        return self._mean, math.sqrt(self._m2 / (self.count - 1) / self.count)
+
+
+def _stacked(estimates: Mapping[str, torch.Tensor], problem: Problem, m: int, estimator: str
+             ) -> torch.Tensor:
+    """All parameters' estimates side by side as [m, C] (C = total coordinates), so one
+    streaming update per chunk serves every parameter. Many estimates per coordinate are laid
+    out coordinate-major (each column contiguous: fast reductions over rows); few estimates of
+    many coordinates stay row-major."""
+    parts = []
+    for name, value in problem.params.items():
+        got = estimates[name]
+        if got.shape != (m, *value.shape):
+            raise RuntimeError(f"estimator {estimator} returned {tuple(got.shape)} for "
+                               f"{name}, expected {(m, *value.shape)}")
+        parts.append(got.detach().reshape(m, -1))
+    coords = sum(p.shape[1] for p in parts)
+    if m >= coords:
+        return torch.cat([p.T for p in parts]).T
+    return torch.cat(parts, dim=1)
+
+
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> None:
+    """Keep glibc from returning chunk-sized blocks to the kernel after every chunk.
+
+    Why: by default glibc serves blocks over a (dynamic) threshold with fresh mmap pages and
+    trims the heap top above 128 KiB, so every chunk's temporaries (~0.25-1 MiB each) pay page
+    faults and zeroing again: measured here, that doubled run_cell's CPU time at dim 1. Serving
+    blocks under 32 MiB from the heap and trimming only above 256 MiB of free heap fixes it;
+    peak memory stays the chunk's working set. Process-wide, once; a no-op off glibc.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+        libc.mallopt(m_trim_threshold, 256 << 20)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
+        pass
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Run one cell; return its tidy rows as columns of plain values (one row per param x coord)."""
+    tune_malloc()
+    device = torch.device(cell.device)
+    if device.type == "cuda":
+        # seeded() seeds the *current* CUDA device, and the cell's tensors go to `device`: make
+        # them the same device for the whole cell.
+        with torch.cuda.device(device):
+            return _run_cell(cell, device)
+    return _run_cell(cell, device)
+
+
+def _reseed(device: torch.device, seed: int) -> None:
+    """What `seeded` does on entry, inside an already forked generator state."""
+    if device.type == "cuda":
+        torch.cuda.manual_seed(seed)  # the current device: run_cell made it `device`
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
     suite = get_suite(cell.suite)
     estimator = get_estimator(cell.estimator)
-    device = torch.device(cell.device)
     problem = suite.problem(cell.settings_dict(), device=device, dtype=DTYPES[cell.dtype])
     hyper = cell.hyperparams_dict()
     evals = estimator.evals_per_estimate(problem, hyper)
@@ -248,28 +392,35 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         with seeded(derive_seed(seed, "warmup"), device):
             state = {"state": estimator.warmup(problem, **hyper)}
 
-    size = chunk_size(problem, cell.samples, evals)
-    moments = {name: Moments.zeros(value.numel(), device) for name, value in problem.params.items()}
-    chunk_seconds: list[float] = []
-    done = 0
-    for index in itertools.count():
-        if done >= cell.samples:
-            break
-        m = min(size, cell.samples - done)
-        with seeded(derive_seed(seed, "chunk", index), device):
-            synchronize(device)
-            start = time.perf_counter()
+    size = chunk_size(problem, cell.samples, estimator.memory_per_estimate(problem, hyper), device)
+    widths = {name: value.numel() for name, value in problem.params.items()}
+    # One accumulator for all parameters, on the device: no host round-trip per chunk.
+    stats = StreamingMoments(sum(widths.values()), device)
+    # Time from the second chunk on when two or more timed chunks remain (a standard error needs 2).
+    timer = ChunkTimer(device, discard_first=math.ceil(cell.samples / size) >= 3)
+    done = index = 0
+    # One fork of the generator state for the whole loop, reseeded per chunk: the same draws as
+    # `seeded` per chunk, without saving and restoring the state each time.
+    with seeded(derive_seed(seed, "chunk", 0), device):
+        while done < cell.samples:
+            m = min(size, cell.samples - done)
+            if index:
+                _reseed(device, derive_seed(seed, "chunk", index))
+            timer.start()
             estimates = estimator.fn(problem, m, **hyper, **state)
-            synchronize(device)
-            chunk_seconds.append((time.perf_counter() - start) / m)
-        for name, value in problem.params.items():
-            got = estimates[name]
-            if got.shape != (m, *value.shape):
-                raise RuntimeError(f"estimator {cell.estimator} returned {tuple(got.shape)} for "
-                                   f"{name}, expected {(m, *value.shape)}")
-            moments[name] = moments[name].merge(Moments.of(got.detach().reshape(m, -1)))
-        done += m
-    seconds, seconds_se = mean_and_se(chunk_seconds)
+            timer.stop(m)
+            stats.add(_stacked(estimates, problem, m, cell.estimator))
+            del estimates  # free this chunk's tensors before the next one is drawn
+            done += m
+            index += 1
+    seconds, seconds_se = timer.mean_and_se()
+    merged = stats.moments()
+    moments, offset = {}, 0
+    for name, width in widths.items():
+        part = slice(offset, offset + width)
+        moments[name] = Moments(**{f.name: getattr(merged, f.name)[part]
+                                   for f in dataclasses.fields(Moments)})
+        offset += width
 
     columns: dict[str, list] = {}
     for name, value in problem.params.items():
@@ -308,7 +459,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         "seconds_per_estimate_se": seconds_se,
         "estimates_per_second": 1.0 / seconds if seconds > 0 else math.inf,
         "chunk_size": size,
-        "chunks": len(chunk_seconds),
+        "chunks": index,
         "samples": cell.samples,
         "seed": cell.seed,
         "cell_seed": seed,
@@ -350,48 +501,95 @@ class RunOutcome:
     plan: Plan
     computed: int
     reused: int
+    # Cells that failed for good: {"cell_id", "estimator", "settings", "hyperparams", "device",
+    # "reason"}; their rows are absent, and `--resume` tries them again.
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM via the CLI) during a run: finished cells are on disk; the run id says
+    what to resume. A KeyboardInterrupt, so code that handles those still does."""
+
+    def __init__(self, run_id: str, run_dir: Any, written: int, total: int) -> None:
+        super().__init__(f"run {run_id} interrupted after {written} of {total} cells")
+        self.run_id, self.run_dir, self.written, self.total = run_id, run_dir, written, total
 
 
 def execute(request: RunRequest, out: Any, *, command: str = "", run_id: str | None = None,
-            on_cell: Any = None) -> RunOutcome:
-    """Plan the request, then run every cell not already in the run folder, writing each as it
-    finishes. `on_cell(cell, done, total)` is called after every cell (for progress bars)."""
+            on_cell: Any = None, executor: Any = None,
+            on_start: Any = None) -> RunOutcome:
+    """Plan the request, then run every cell not already in the run folder on `executor`
+    (bench.executors; default: in this process), writing each as it arrives.
+
+    `on_start(run_id, run_dir, todo, total)` is called once the run folder exists;
+    `on_cell(cell, done, total)` after every cell, failed ones included (for progress bars).
+    Cells are written atomically one by one, so an interruption (RunInterrupted) or a killed
+    process loses only the cells in flight, and `run_id=` (--resume) computes just the rest.
+    """
     from pathlib import Path
 
     from bench import store
+    from bench.executors import LocalExecutor
 
     the_plan = plan(request)
     root = store.prepare_out(Path(out))
     request_record = request_to_json(request)
-    if run_id is None:
-        run_id = store.new_run_id()
-        run_dir = root / run_id
-        meta = store.run_metadata(run_id, command) | {"request": request_record}
-        run_dir.mkdir(parents=True)
-        store.write_run_json(run_dir, meta)
-    else:
+    if run_id is not None:
         run_dir = root / run_id
         meta = store.read_run_json(run_dir)
         if meta.get("request") != request_record:
             raise BenchError(f"run {run_id} was made with different options "
                              f"({meta.get('command', '?')}); repeat those, or start a new run")
-    hyper_columns = {name: spec.type for cell in the_plan.cells
-                     for name, spec in get_estimator(cell.estimator).hyperparams.items()}
-    finished = store.finished_cells(run_dir)
-    todo = [c for c in the_plan.cells if c.cell_id not in finished]
-    reused = len(the_plan.cells) - len(todo)
-    for done, cell in enumerate(todo, start=1):
-        store.write_cell(run_dir, cell.cell_id, run_cell(cell), meta, hyper_columns)
-        if on_cell is not None:
-            on_cell(cell, done, len(todo))
-    meta = meta | {
+    executor = executor if executor is not None else LocalExecutor()
+    # Started before a new run folder exists: a cluster that cannot start leaves nothing behind.
+    with executor:
+        if run_id is None:
+            run_id = store.new_run_id()
+            run_dir = root / run_id
+            meta = store.run_metadata(run_id, command) | {"request": request_record}
+            run_dir.mkdir(parents=True)
+            store.write_run_json(run_dir, meta)
+        meta = meta | {"executor": getattr(executor, "name", type(executor).__name__)}
+        hyper_columns = {name: spec.type for cell in the_plan.cells
+                         for name, spec in get_estimator(cell.estimator).hyperparams.items()}
+        finished = store.finished_cells(run_dir)
+        todo = [c for c in the_plan.cells if c.cell_id not in finished]
+        reused = len(the_plan.cells) - len(todo)
+        if on_start is not None:
+            on_start(run_id, run_dir, len(todo), len(the_plan.cells))
+        failed: list[dict[str, Any]] = []
+        done = 0
+        try:
+            for result in executor.run(todo):
+                if result.error is None:
+                    store.write_cell(run_dir, result.cell.cell_id, result.rows, meta,
+                                     hyper_columns)
+                else:
+                    failed.append(_failure(result.cell, result.error))
+                done += 1
+                if on_cell is not None:
+                    on_cell(result.cell, done, len(todo))
+        except KeyboardInterrupt:
+            written = len(store.finished_cells(run_dir))
+            store.write_run_json(run_dir, meta | {"interrupted_at": _now(),
+                                                  "cells": len(the_plan.cells),
+                                                  "cells_written": written})
+            raise RunInterrupted(run_id, run_dir, written, len(the_plan.cells)) from None
+    meta = {k: v for k, v in meta.items() if k not in ("interrupted_at", "cells_written")} | {
         "finished_at": _now(),
         "cells": len(the_plan.cells),
+        "failed": failed,
         "skipped": [{"settings": dict(s.settings), "estimator": s.estimator, "reason": s.reason}
                     for s in the_plan.skipped],
     }
     store.write_run_json(run_dir, meta)
-    return RunOutcome(run_id, run_dir, the_plan, len(todo), reused)
+    return RunOutcome(run_id, run_dir, the_plan, len(todo), reused, failed)
+
+
+def _failure(cell: Cell, reason: str) -> dict[str, Any]:
+    return {"cell_id": cell.cell_id, "estimator": cell.estimator,
+            "settings": cell.settings_dict(), "hyperparams": cell.hyperparams_dict(),
+            "device": cell.device, "reason": reason}
 
 
 def request_to_json(request: RunRequest) -> dict[str, Any]:

@@ -79,6 +79,7 @@ def _gaussian_problem(
     dim: int,
     device: torch.device,
     dtype: torch.dtype,
+    terms_grad: Callable[[Tensor], Tensor] | None = None,
 ) -> Problem:
     def cost(z: Tensor) -> Tensor:
         return terms(z).sum(dim=-1)
@@ -95,6 +96,8 @@ def _gaussian_problem(
         exact_gradient=_exact_gradient(expectation, mu, sigma, k, dim, device, dtype),
         truth_method="analytic",
         settings={"mu": mu, "sigma": sigma, "k": k, "dim": dim},
+        # Separable: df/dz_i = f_i'(z_i), so the terms' derivative is the cost's gradient.
+        cost_grad=terms_grad,
     )
 
 
@@ -144,7 +147,11 @@ def gaussian_quadratic(
     def terms(z: Tensor) -> Tensor:
         return (z - k) ** 2
 
-    return _gaussian_problem(terms, quadratic_expectation, mu, sigma, k, dim, device, dtype)
+    def terms_grad(z: Tensor) -> Tensor:
+        return 2 * (z - k)
+
+    return _gaussian_problem(terms, quadratic_expectation, mu, sigma, k, dim, device, dtype,
+                             terms_grad)
 
 
 # ---------------------------------------------------------------- gaussian-exp
@@ -186,7 +193,11 @@ def gaussian_exp(
     def terms(z: Tensor) -> Tensor:
         return torch.exp(-k * z**2)
 
-    return _gaussian_problem(terms, exp_expectation, mu, sigma, k, dim, device, dtype)
+    def terms_grad(z: Tensor) -> Tensor:
+        return -2 * k * z * torch.exp(-k * z**2)
+
+    return _gaussian_problem(terms, exp_expectation, mu, sigma, k, dim, device, dtype,
+                             terms_grad)
 
 
 # ---------------------------------------------------------------- gaussian-cos
@@ -216,4 +227,8 @@ def gaussian_cos(
     def terms(z: Tensor) -> Tensor:
         return torch.cos(k * z)
 
-    return _gaussian_problem(terms, cos_expectation, mu, sigma, k, dim, device, dtype)
+    def terms_grad(z: Tensor) -> Tensor:
+        return -k * torch.sin(k * z)
+
+    return _gaussian_problem(terms, cos_expectation, mu, sigma, k, dim, device, dtype,
+                             terms_grad)

@@ -1,0 +1,79 @@
+"""Throughput benchmarks (pytest-benchmark). Not part of the unit tests: `pytest` from the repo
+root collects only tests/ (testpaths), and the project's addopts pass --benchmark-skip. Run:
+
+    .venv/bin/pytest benchmarks --benchmark-only            # CPU (and CUDA when present)
+    .venv/bin/pytest benchmarks --benchmark-only -k "pathwise and dim1"   # a subset
+
+Each case times, interleaved round by round, the harness path (bench.runner.run_cell: estimates
++ streaming statistics, one cell) and the limit: torch.randn of as many elements as the
+estimates have coordinates (one normal per coordinate per estimate, the least any estimator of
+a Gaussian needs), same dtype and device; plus the tutorials' loop, one backward pass per
+sample, on fewer samples. The terminal summary prints rates and the ratios, per round, so a
+noisy shared machine shows as spread rather than as a wrong number.
+
+Clocks: on the CPU the process's CPU time (time.process_time; torch runs 1 thread), which other
+processes' load does not inflate; on CUDA wall time with a synchronize inside each timed call.
+pytest-benchmark's own table reports the harness rounds with its wall-clock timer.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+import torch
+from throughput_cases import RESULTS, Case
+
+THREADS = 1  # torch intra-op threads while timing (the CLI's default)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def record():
+    def add(case: Case) -> Case:
+        RESULTS.append(case)
+        return case
+
+    return add
+
+
+def _fmt(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.3g}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("gradbench throughput (estimates/s; ratios per round)")
+    write(f"torch {torch.__version__}, {THREADS} thread(s); CPU clock: "
+          "process time; CUDA: wall time with synchronize")
+    header = (f"{'case':44} {'dev':5} {'dtype':8} {'harness':>9} {'randn lim':>9} "
+              f"{'harness/limit median [min, max]':>32} {'loop':>9} {'harness/loop':>12}")
+    write(header)
+    write("-" * len(header))
+    for case in RESULTS:
+        ratios = case.ratios()
+        spread = (f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+                  if ratios else "-")
+        loop = case.loop_rate()
+        vs_loop = f"{case.harness_rate() / loop:.3g}x" if loop else "-"
+        write(f"{case.name:44} {case.device:5} {case.dtype:8} {_fmt(case.harness_rate()):>9} "
+              f"{_fmt(case.limit_rate()):>9} {spread:>32} {_fmt(loop):>9} {vs_loop:>12}")
+    goals = [c for c in RESULTS if c.name == "pathwise gaussian-quadratic dim1"
+             and c.device == "cpu"]
+    for case in goals:
+        median = statistics.median(case.ratios())
+        loop = case.loop_rate()
+        write(f"goal ({case.dtype}): pathwise dim 1 at >= 50% of randn on CPU: "
+              f"{'met' if median >= 0.5 else 'MISSED'} ({median:.0%} median); >= 1000x the "
+              f"per-sample loop: "
+              f"{'met' if loop and case.harness_rate() / loop >= 1000 else 'MISSED'}"
+              + (f" ({case.harness_rate() / loop:.3g}x)" if loop else ""))

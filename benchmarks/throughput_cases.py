@@ -1,0 +1,34 @@
+"""The record of one throughput case, shared by conftest.py (the summary) and the tests. A
+module of its own, not conftest: tests/conftest.py has the same module name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Case:
+    name: str
+    device: str
+    dtype: str
+    coords: int  # coordinates per estimate (elements of randn per estimate)
+    samples: int
+    harness_s: list[float] = field(default_factory=list)
+    limit_s: list[float] = field(default_factory=list)
+    loop_samples: int = 0
+    loop_s: list[float] = field(default_factory=list)
+
+    def harness_rate(self) -> float:
+        return self.samples / min(self.harness_s)
+
+    def limit_rate(self) -> float:
+        return self.samples / min(self.limit_s)  # estimates/s that randn alone would allow
+
+    def ratios(self) -> list[float]:
+        return [lim / har for lim, har in zip(self.limit_s, self.harness_s, strict=True)]
+
+    def loop_rate(self) -> float | None:
+        return self.loop_samples / min(self.loop_s) if self.loop_s else None
+
+
+RESULTS: list[Case] = []

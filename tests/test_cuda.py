@@ -1,0 +1,77 @@
+"""The GPU path: cells run on CUDA with device generators and device-side statistics, agree with
+the CPU statistically, are labelled with the GPU's name, and cost no host round-trip per chunk.
+Skipped without a CUDA device (torch.cuda.is_available())."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from bench import runner, store
+from bench.cli import app
+from estimators import get_estimator
+from suites import get_suite
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+SETTINGS = (("mu", 1.0), ("sigma", 2.0), ("k", 3.0), ("dim", 3))
+
+
+def cell(estimator: str, device: str, samples: int = 200_000, dtype: str = "float64"):
+    hyper = tuple((h.name, h.default) for h in get_estimator(estimator).hyperparams.values())
+    return runner.Cell("gaussian-quadratic", SETTINGS, estimator, hyper, device, dtype, samples,
+                       0)
+
+
+@pytest.mark.parametrize("estimator", ["pathwise", "score-function", "measure-valued"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_cuda_cell_agrees_with_cpu(estimator, dtype):
+    cpu = runner.run_cell(cell(estimator, "cpu", dtype=dtype))
+    gpu = runner.run_cell(cell(estimator, "cuda", dtype=dtype))
+    assert gpu["device"][0] == "cuda"
+    assert gpu["device_name"][0] == torch.cuda.get_device_name()
+    assert gpu["n"] == cpu["n"] == [200_000] * len(cpu["n"])
+    assert 0 < gpu["seconds_per_estimate"][0] < math.inf
+    # Independent draws (different generators): each difference within 5 combined SEs.
+    for i in range(len(cpu["mean"])):
+        se = math.hypot(cpu["mean_se"][i], gpu["mean_se"][i])
+        assert abs(cpu["mean"][i] - gpu["mean"][i]) < 5 * se, (estimator, i)
+        var_se = math.hypot(cpu["variance_se"][i], gpu["variance_se"][i])
+        assert abs(cpu["variance"][i] - gpu["variance"][i]) < 5 * var_se, (estimator, i)
+        assert abs(gpu["bias"][i]) < 5 * gpu["bias_se"][i], (estimator, i)
+
+
+def test_no_host_round_trip_per_chunk():
+    # The fused pathwise path, 8 chunks vs 40: the host syncs (the problem's one-off setup, the
+    # first chunk's shift check, timing read-back, the summary's copies to the host) are the
+    # same in number, i.e. none of them happens per chunk.
+    problem = get_suite("gaussian-quadratic").problem(dict(SETTINGS), device=torch.device("cuda"))
+    size = runner.chunk_size(problem, 10**12, 1.0, "cuda")
+    runner.run_cell(cell("pathwise", "cuda", samples=1000))  # CUDA context and kernels warm
+
+    def syncs(chunks: int) -> int:
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rows = runner.run_cell(cell("pathwise", "cuda", samples=size * chunks))
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert rows["chunks"][0] == chunks
+        return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+    assert syncs(40) == syncs(8)
+
+
+def test_cli_runs_cpu_and_cuda_in_one_run(results_dir):
+    result = CliRunner().invoke(app, ["run", "-s", "gaussian-quadratic", "-e", "pathwise",
+                                      "--set", "dim=1", "--set", "sigma=1", "--set", "k=0",
+                                      "--samples", "20000", "--device", "cpu", "--device",
+                                      "cuda", "--out", str(results_dir)])
+    assert result.exit_code == 0, result.output
+    frame = store.read_results(results_dir)
+    assert set(frame["device"]) == {"cpu", "cuda"}
+    names = set(frame.loc[frame["device"] == "cuda", "device_name"])
+    assert names == {torch.cuda.get_device_name()}
