@@ -57,9 +57,8 @@ def list_command() -> None:
         estimators.add_column(column)
     for est in all_estimators().values():
         hypers = ", ".join(f"{h.name}={h.default}" for h in est.hyperparams.values()) or "-"
-        cost = est.evals.__doc__ or ""
         estimators.add_row(est.name, est.family, "yes" if est.unbiased else "[red]no[/red]",
-                           est.applies_to, cost.strip() or _evals_text(est), hypers)
+                           est.applies_to, est.evals_text, hypers)
     console.print(estimators)
     suites = Table(title="Suites")
     for column in ("name", "description", "settings (default grid)", "samples"):
@@ -69,13 +68,6 @@ def list_command() -> None:
                              for s in suite.settings.values())
         suites.add_row(suite.name, suite.description, settings, f"{suite.default_samples:,}")
     console.print(suites)
-
-
-def _evals_text(est) -> str:
-    try:
-        return f"{float(est.evals(None)):g}"
-    except Exception:  # a cost that depends on the problem or hyperparameters
-        return "varies"
 
 
 @app.command("run")
@@ -100,16 +92,27 @@ def run_command(
     threads: Annotated[int, typer.Option(
         help="torch intra-op threads (recorded with the results). 1 is fastest for cache-sized "
         "chunks and keeps timings stable on a shared machine.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="Where cells run: local (this process), processes (a pool of worker processes) or "
+        "dask (a local Dask cluster, or the one at --scheduler; needs the dask extra: pip install "
+        "dask distributed). Same numbers on each (CPU).")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes for --executor processes or dask (default: CPU cores).")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler (tcp://host:8786) for --executor dask.")
+    ] = None,
 ) -> None:
     """Run a suite: every applicable estimator over its grid; write parquet; print a table."""
     import torch
 
     from bench import runner, store
+    from bench.executors import make_executor
     from bench.table import summary_table
 
     if threads < 1:
         raise BenchError(f"--threads {threads}: need at least 1")
     torch.set_num_threads(threads)
+    pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler)
     request = runner.RunRequest(
         suite=suite,
         estimators=tuple(estimator or ()),
@@ -128,15 +131,108 @@ def run_command(
             progress.update(task, completed=done, total=total,
                             cell=f"{cell.estimator} {dict(cell.settings)}")
 
-        outcome = runner.execute(request, out, command=store.command_line(), run_id=resume,
-                                 on_cell=on_cell)
-    frame = store.read_results(outcome.run_dir)
-    console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
-    _print_skipped(outcome.plan.skipped)
-    _print_nonfinite(frame)
+        def on_start(run_id: str, run_dir: Path, todo: int, total: int) -> None:
+            # First, so that even a killed run (no chance to say more) has told its run id.
+            reused = f", {total - todo} already done" if todo < total else ""
+            err_console.print(f"run {run_id}: {todo} of {total} cells to compute{reused} "
+                              f"({pool.name} executor) -> {run_dir}", highlight=False,
+                              soft_wrap=True)
+
+        try:
+            with _sigterm_as_interrupt():
+                outcome = runner.execute(request, out, command=store.command_line(),
+                                         run_id=resume, on_cell=on_cell, executor=pool,
+                                         on_start=on_start)
+        except runner.RunInterrupted as stop:
+            err_console.print(f"interrupted: {stop.written} of {stop.total} cells are written in "
+                              f"{stop.run_dir}; to compute only the missing ones, run:\n  "
+                              f"{_resume_command(stop.run_id)}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(130) from None
     note = f" ({outcome.reused} cells reused)" if outcome.reused else ""
-    console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
-                  f"{outcome.run_dir}")
+    if store.finished_cells(outcome.run_dir):
+        frame = store.read_results(outcome.run_dir)
+        console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
+        console.print(_throughput_table(frame))
+        _print_skipped(outcome.plan.skipped)
+        _print_nonfinite(frame)
+        console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
+                      f"{outcome.run_dir}")
+    if outcome.failed:
+        for failure in outcome.failed:
+            err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} "
+                              f"{failure['settings']} {failure['hyperparams'] or ''} on "
+                              f"{failure['device']}: {failure['reason']}", highlight=False,
+                              soft_wrap=True)
+        err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.cells)} cells failed "
+                          f"(listed in {outcome.run_dir / store.RUN_FILE}); the others are "
+                          f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
+                          "the failed ones", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _resume_command(run_id: str) -> str:
+    """The command line that was run, with --resume RUN_ID (once)."""
+    import shlex
+
+    args = sys.argv[1:]
+    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
+        args = [*args, "--resume", run_id]
+    return shlex.join(["bench", *args])
+
+
+class _sigterm_as_interrupt:
+    """`kill PID` (SIGTERM) ends a run like Ctrl-C: finished cells kept, resume command shown."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, interrupt)
+        except ValueError:  # not the main thread (e.g. called from a thread): leave it alone
+            self._old = None
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _throughput_table(frame) -> Table:
+    """Estimates per second per cell (estimator time only: the whole estimate, chunk by chunk;
+    statistics and I/O excluded), with the device that ran it."""
+    from bench.table import setting_columns
+
+    cells = frame.drop_duplicates("cell_id")
+    varying = [c for c in setting_columns(cells) if cells[c].nunique(dropna=True) > 1]
+    keys = [*varying, "estimator", "device"]
+    cells = cells.sort_values(keys, kind="stable")
+    table = Table(title="throughput per cell", caption="estimates/s = 1 / mean seconds per "
+                  "estimate over chunks (estimator only); ± one standard error",
+                  caption_justify="left")
+    for key in keys:
+        table.add_column(key, justify="right" if key in varying else "left")
+    for column in ("device name", "estimates/s", "chunks x size"):
+        table.add_column(column, justify="right")
+    for row in cells.itertuples(index=False):
+        r = row._asdict()
+        seconds, se = r["seconds_per_estimate"], r.get("seconds_per_estimate_se")
+        rate = f"{1 / seconds:.3g}" if seconds > 0 else "inf"
+        if se is not None and se == se and seconds > 0:  # relative SE carries over to 1/x
+            rate += f" ± {se / seconds**2:.2g}"
+        table.add_row(*[_value(r[k]) for k in keys], str(r["device_name"]), rate,
+                      f"{r['chunks']} x {r['chunk_size']:,}")
+    return table
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:g}"
+    return str(value)
 
 
 def _print_skipped(skipped) -> None:
@@ -174,6 +270,104 @@ def show_command(
         frame.to_csv(sys.stdout, index=False)
     else:
         sys.stdout.write(frame.to_json(orient="records", lines=True))
+
+
+@app.command("check")
+def check_command(
+    current: Annotated[Path, typer.Argument(
+        help="Results to check: a .parquet file or a run/results folder.")],
+    baseline: Annotated[Path, typer.Option(
+        "--baseline", "-b", help="Results to compare with (e.g. results/baseline).")],
+    tolerance: Annotated[float | None, typer.Option(
+        help="Variance ratio current/baseline that a significant increase must exceed to fail "
+        "(default 1.15).")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Level of the tests: the chance that a clean run fails, Benjamini-Hochberg over "
+        "all rows (default 0.01).")] = None,
+    markdown: Annotated[Path | None, typer.Option(
+        help="Also write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")] = None,
+    allow_missing: Annotated[bool, typer.Option(
+        help="Baseline cells absent from CURRENT are reported but do not fail.")] = False,
+) -> None:
+    """Statistical regression gate: exit 1 if a variance rose significantly above --tolerance,
+    an unbiased estimator shows significant bias, or a baseline cell is missing; 0 if clean."""
+    from bench import check, store
+
+    result = check.compare(
+        store.read_results(current), store.read_results(baseline),
+        tolerance=check.DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        alpha=check.DEFAULT_ALPHA if alpha is None else alpha,
+        allow_missing=allow_missing,
+    )
+    if markdown is not None:
+        try:
+            markdown.write_text(check.to_markdown(result))
+        except OSError as error:
+            raise BenchError(f"cannot write --markdown {markdown}: {error.strerror or error}; "
+                             "choose a writable file") from None
+    cells = check.failing_cells(result)
+    if len(cells):
+        table = Table(title="regressions (worst coordinate of each cell and parameter)",
+                      caption="ratio: variance current/baseline; z: one-sided log-ratio test; "
+                      "q: Benjamini-Hochberg adjusted", caption_justify="left")
+        for column in ("suite", "settings", "estimator", "param", "verdict", "coords",
+                       "ratio", "z", "q", "bias ± SE", "bias z"):
+            table.add_column(column, justify="left" if column in ("settings",) else "right")
+        for row in cells.head(60).itertuples(index=False):
+            table.add_row(row.suite, row.settings, row.estimator, row.param,
+                          f"[red]{row.verdict}[/red]", f"{row.coords}/{row.of}",
+                          _num(row.ratio), _num(row.z_variance), _num(row.q_variance, 2),
+                          f"{_num(row.bias_c)} ± {_num(row.bias_se_c, 2)}",
+                          _num(row.z_bias))
+        console.print(table)
+        if len(cells) > 60:
+            console.print(f"... and {len(cells) - 60} more (see --markdown)")
+    for frame, title in ((result.missing, "missing from current"),
+                         (result.new, "new in current (informational)")):
+        if len(frame):
+            listing = Table(title=f"{title}: {len(frame)} cells")
+            for column in frame.columns:
+                listing.add_column(column)
+            for row in frame.head(30).itertuples(index=False):
+                listing.add_row(*[str(v) for v in row])
+            console.print(listing)
+    summary = Table(title="per estimator")
+    for column in ("estimator", "cells", "rows", "median ratio", "variance regr.", "bias regr."):
+        summary.add_column(column, justify="left" if column == "estimator" else "right")
+    for row in check.per_estimator(result).itertuples(index=False):
+        summary.add_row(row.estimator, str(row.cells), str(row.rows), _num(row.median_ratio),
+                        str(row.variance_regressions), str(row.bias_regressions))
+    console.print(summary)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    *lines, status = check.summary_lines(result)
+    for line in lines:
+        console.print(line, highlight=False)
+    if result.failed:
+        console.print(f"[bold red]{status}[/bold red]")
+        raise typer.Exit(1)
+    console.print(f"[bold green]{status}[/bold green]")
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "" if value is None or value != value else f"{value:.{digits}g}"
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[list[Path], typer.Argument(
+        help="Result .parquet files or folders: several runs, suites and devices combine.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Report folder (default: reports/<run id>, or reports/<timestamp> for several "
+        "runs).")] = None,
+) -> None:
+    """Write a comparison report: PNG figures, index.html, report.md and CSV tables."""
+    from bench.report import build_report
+
+    folder = build_report(results, out)
+    console.print(f"wrote report: {folder / 'index.html'}")
 
 
 def main() -> None:

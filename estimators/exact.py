@@ -18,6 +18,7 @@ from estimators.requirements import enumerable_support
 
 
 def _evals(problem: Problem, **_: object) -> float:
+    """one per joint state of the support"""
     size = support_size(problem)
     assert size is not None, "exact applies only to enumerable supports"
     return float(size)

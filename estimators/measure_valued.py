@@ -41,6 +41,7 @@ def _num_coordinates(problem: Problem) -> int:
 
 
 def _evals(problem: Problem, coupled: bool = True, **_: object) -> float:
+    """4 (separable cost) or 4 x dim"""
     # Separable: four term-batches over all coordinates at once, i.e. four f-evaluations' work.
     # Otherwise f is re-evaluated in full for each coordinate and each of the four terms.
     return 4.0 if problem.cost_terms is not None else 4.0 * _num_coordinates(problem)

@@ -78,6 +78,7 @@ class Estimator:
     warmup_evals: Callable[..., float] | None = None
     memory: Callable[..., float] | None = None
     description: str = ""
+    evals_text: str = ""  # the cost in words, for `bench list`
 
     def applicability(self, problem: Problem) -> str | None:
         """None when this estimator applies to the problem, else the first reason it does not."""
@@ -133,6 +134,9 @@ def register_estimator(
         if name in _REGISTRY:
             raise ValueError(f"estimator {name!r} is registered twice")
         cost = evals if callable(evals) else (lambda problem, **_: float(evals))
+        cost_doc = (getattr(evals, "__doc__", None) or "").strip()
+        cost_text = (cost_doc.splitlines()[0] if cost_doc else "depends on the problem"
+                     ) if callable(evals) else f"{evals:g}"
         doc = (fn.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = Estimator(
             name=name,
@@ -147,6 +151,7 @@ def register_estimator(
             memory=memory if callable(memory) or memory is None
             else (lambda problem, **_: float(memory)),
             description=doc[0] if doc else "",
+            evals_text=cost_text,
         )
         return fn
 

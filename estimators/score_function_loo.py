@@ -16,6 +16,7 @@ def _check_k(value: int) -> str | None:
 
 
 def _evals(problem: Problem, K: int = 4, **_: object) -> float:
+    """K"""
     return float(K)
 
 

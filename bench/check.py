@@ -1,0 +1,535 @@
+"""The statistical regression gate behind `bench check`: compare CURRENT results with a BASELINE
+cell by cell and decide, with standard errors rather than point estimates, which rows regressed.
+
+Pure functions on DataFrames (the CLI only prints; the pytest plugin and the tests reuse them).
+
+Rows are matched on (suite, settings and hyperparameter columns, estimator, device, dtype, param,
+coord). Settings and hyperparameters are the columns outside bench.store.RESERVED_COLUMNS; a null
+(NaN) in one of them means "not a parameter of this row" (another suite's setting, another
+estimator's hyperparameter), so the matching key is the set of non-null (column, value) pairs, with
+numbers compared as floats (a column with nulls comes back from parquet as float).
+
+Tests, one p-value per matched row (variance) and per current row of an estimator registered as
+unbiased whose truth is known (bias):
+
+  variance: H0 v_c <= v_b against v_c > v_b, one-sided z test on the log ratio
+      z = log(v_c / v_b) / sqrt((se_c / v_c)^2 + (se_b / v_b)^2)
+    (delta method: SE(log s^2) = SE(s^2) / s^2; variance_se comes from the fourth moment, so a
+    heavy-tailed estimator gets a wide SE instead of a false alarm). A row is a variance regression
+    when the test rejects after the multiple-testing correction AND the point ratio exceeds the
+    tolerance: significance alone would fail CI on harmless 2% changes measured precisely, and the
+    tolerance alone would fail it on noise. Taking logs makes the test symmetric in the two runs,
+    and the log of a variance estimate is closer to normal than the estimate (its skewness drops).
+    Estimators with a warm-up (warmup_evals > 0: a fitted control variate, ...) are the exception:
+    the fit is random, so the cell's true variance itself differs from seed to seed by more than
+    its SE shows (measured for score-function-cv: between-seed SD of log variance up to 0.08, so
+    ratios of 1.3 between two clean seeds at 1e5 samples). Their null is "ratio <= tolerance":
+    z = (log(v_c / v_b) - log(tolerance)) / SE, at the cost of power for them.
+  bias: H0 E[estimate] = truth, two-sided z = |bias| / bias_se (bias_se already holds the
+    reference truth's SE where the truth is a reference value). Tested on the current run alone:
+    a registered-unbiased estimator that is biased is wrong whatever the baseline says.
+
+Multiple testing: Benjamini-Hochberg (BH), within families (one per estimator and test kind),
+each at alpha_f = alpha m_f / m (m_f its tests, m all tests of the check). Why BH and not Holm:
+the gate's false-alarm rate is the probability that a clean run flags anything; under that
+complete null every rejection is false, so each family's FDR is the probability that it flags
+anything, <= alpha_f, and the union bound gives P(any flag) <= sum alpha_f = alpha, Holm's
+guarantee. The smallest p-value faces alpha/m in both procedures. They differ when something
+did regress: Holm's bar stays near alpha/m (m ~ 1e5 rows here), while BH's step-up lets the many
+rows of a real regression (every coordinate of a 1000-dimensional cell) lower each other's bar
+towards alpha_f k/m_f, so a real 1.25x inflation is found with far more power. The price: up to a
+fraction alpha of the rows listed in an already failing run may be false. Why families: one
+global BH would let a variance regression of one estimator lower the bar for the others and for
+the bias tests, and report false "biased" rows next to a real variance regression (measured:
+267 "biased" rows among the 47,560 flagged in a 1.25x-inflated run). BH needs independence or
+positive dependence (PRDS) within a family: rows of different cells are independent (separate
+seeds) and the coordinates of one cell positively dependent (squares and absolute values of
+correlated estimates). scripts/calibrate_check.py measures the error rates this gives.
+
+Exact verdicts (no test, no p-value): a baseline variance of exactly zero (naive, exact
+estimators) regresses iff the current variance is nonzero, or, if both are zero, iff the
+(deterministic) value changed; a current variance that is NaN (no finite estimates) where the
+baseline had one regresses. "Zero" and "changed" allow for float rounding: ROUNDING_ULPS units
+in the last place of the dtype at the estimate's magnitude.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.errors import BenchError
+from bench.store import RESERVED_COLUMNS, SCHEMA_VERSION
+
+# Chosen from scripts/calibrate_check.py's measurements (see the README's "bench check" section).
+DEFAULT_TOLERANCE = 1.15
+DEFAULT_ALPHA = 0.01
+ROUNDING_ULPS = 16
+_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps)}
+_NOT_SETTINGS = RESERVED_COLUMNS | {"python_version", "param", "coord"}
+CELL_COLUMNS = ("suite", "estimator", "device", "dtype")
+VERSION_COLUMNS = ("gradbench_version", "torch_version")
+
+# Verdicts of a compared row (column `verdict`).
+OK = "ok"
+VARIANCE = "variance"
+BIAS = "bias"
+VARIANCE_AND_BIAS = "variance+bias"
+VARIANCE_APPEARED = "variance appeared"
+VALUE_CHANGED = "value changed"
+NOT_FINITE = "variance not finite"
+REGRESSIONS = (VARIANCE, BIAS, VARIANCE_AND_BIAS, VARIANCE_APPEARED, VALUE_CHANGED, NOT_FINITE)
+
+
+@dataclass
+class CheckResult:
+    """What `compare` found. `rows`: one row per current (cell, param, coord), matched or new,
+    with the statistics and the verdict; `missing`/`new`: one row per cell present on one side
+    only; `warnings`: differences worth a look that do not fail the check; `notes`: context."""
+
+    rows: pd.DataFrame
+    missing: pd.DataFrame
+    new: pd.DataFrame
+    tolerance: float
+    alpha: float
+    allow_missing: bool
+    tests: int
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.rows[self.rows["verdict"].isin(REGRESSIONS)]
+
+    @property
+    def failed(self) -> bool:
+        return len(self.regressions) > 0 or (len(self.missing) > 0 and not self.allow_missing)
+
+    @property
+    def matched(self) -> pd.DataFrame:
+        return self.rows[self.rows["matched"]]
+
+
+# ---------------------------------------------------------------- small numerics
+
+
+def normal_sf(z: np.ndarray) -> np.ndarray:
+    """P(Z > z) for standard normal Z, accurate far into the tail (erfc, no 1 - cdf cancellation);
+    NaN stays NaN, +inf gives 0."""
+    z = np.asarray(z, dtype=np.float64)
+    return 0.5 * torch.special.erfc(torch.from_numpy(z / math.sqrt(2.0))).numpy()
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH adjusted p-values (q-values): reject at level alpha where q <= alpha. NaN p-values are
+    not tests: they stay NaN and do not count in m."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = valid.size
+    if m == 0:
+        return q
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    # q_(i) = min over j >= i of p_(j) m / j: a running minimum from the largest p down.
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
+
+
+# ---------------------------------------------------------------- matching
+
+
+def _norm(value: object) -> object:
+    """A settings value as a matching key: None for null, floats for numbers (parquet turns an
+    int column with nulls into floats), bools and strings as they are."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | float | np.integer | np.floating):
+        return float(value)
+    return str(value)
+
+
+def _fmt_value(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """Settings and hyperparameter columns: everything outside the fixed schema."""
+    return [c for c in frame.columns if c not in _NOT_SETTINGS]
+
+
+def cell_keys(frame: pd.DataFrame, settings: Sequence[str]) -> tuple[pd.Series, pd.Series]:
+    """Per row: a matching key for its cell (suite, non-null settings, estimator, device, dtype)
+    and a readable label ("sigma=1 k=0 dim=30"), computed once per distinct cell."""
+    columns = [*CELL_COLUMNS, *settings]
+    groups = frame.groupby(columns, dropna=False, sort=False).ngroup().to_numpy()
+    firsts = frame.loc[~pd.Series(groups).duplicated().to_numpy(), columns]
+    keys, labels = [], []
+    for row in firsts.itertuples(index=False):
+        values = dict(zip(columns, row, strict=True))
+        pairs = [(c, _norm(values[c])) for c in settings]
+        pairs = [(c, v) for c, v in pairs if v is not None]
+        keys.append(repr((values["suite"], tuple(sorted(pairs)), values["estimator"],
+                          values["device"], values["dtype"])))
+        labels.append(" ".join(f"{c}={_fmt_value(v)}" for c, v in pairs))
+    return (pd.Series(np.asarray(keys, dtype=object)[groups], index=frame.index),
+            pd.Series(np.asarray(labels, dtype=object)[groups], index=frame.index))
+
+
+def _prepare(frame: pd.DataFrame, side: str) -> pd.DataFrame:
+    if len(frame) == 0:
+        raise BenchError(f"{side} holds no result rows; give results written by `bench run`")
+    if "schema_version" not in frame:
+        raise BenchError(f"{side} has no schema_version column: it was written by another "
+                         f"gradbench; regenerate it with `bench run`")
+    versions = sorted({int(v) for v in frame["schema_version"].dropna().unique()})
+    if versions != [SCHEMA_VERSION]:
+        raise BenchError(f"{side} has results schema {', '.join(map(str, versions))}, this "
+                         f"gradbench reads schema {SCHEMA_VERSION}; regenerate it with `bench run`")
+    for column in ("dtype", "unbiased", "truth_se", "nonfinite"):
+        if column not in frame:
+            raise BenchError(f"{side} lacks the {column} column; regenerate it with `bench run`")
+    frame = frame.copy()
+    if "warmup_evals" not in frame:
+        frame["warmup_evals"] = 0.0
+    frame["_cell"], frame["_label"] = cell_keys(frame, setting_columns(frame))
+    duplicated = frame.duplicated(["_cell", "param", "coord"])
+    if duplicated.any():
+        runs = sorted(frame.loc[duplicated, "run_id"].astype(str).unique())[:3]
+        cells = frame.loc[duplicated, "_cell"].nunique()
+        raise BenchError(f"{side} measures {cells} cell(s) more than once (runs "
+                         f"{', '.join(runs)}, ...); give one run folder per cell, not a results "
+                         "root holding repeated runs")
+    return frame
+
+
+# ---------------------------------------------------------------- the comparison
+
+
+_SIDE_COLUMNS = ("variance", "variance_se", "mean", "bias", "bias_se", "truth", "truth_method",
+                 "unbiased", "n", "nonfinite", "warmup_evals", "samples", "seed", "run_id")
+
+
+def compare(
+    current: pd.DataFrame,
+    baseline: pd.DataFrame,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    alpha: float = DEFAULT_ALPHA,
+    allow_missing: bool = False,
+) -> CheckResult:
+    """Compare CURRENT with BASELINE (tidy results frames); see the module docstring."""
+    if not (math.isfinite(tolerance) and tolerance >= 1.0):
+        raise BenchError(f"--tolerance {tolerance}: give a variance ratio >= 1 (e.g. 1.15)")
+    if not 0.0 < alpha < 1.0:
+        raise BenchError(f"--alpha {alpha}: give a level strictly between 0 and 1 (e.g. 0.01)")
+    cur = _prepare(current, "CURRENT")
+    base = _prepare(baseline, "BASELINE")
+
+    keep = ["_cell", "param", "coord", *_SIDE_COLUMNS]
+    merged = pd.merge(
+        cur[[*keep, "_label", *CELL_COLUMNS]],
+        base[keep],
+        on=["_cell", "param", "coord"],
+        how="outer",
+        suffixes=("_c", "_b"),
+        indicator=True,
+    )
+    only_base = merged["_merge"] == "right_only"
+    if not (merged["_merge"] == "both").any():
+        raise BenchError(_no_overlap_message(cur, base))
+
+    missing = _cells(base[base["_cell"].isin(set(merged.loc[only_base, "_cell"]))])
+    rows = merged[~only_base].drop(columns="_merge").reset_index(drop=True)
+    rows["matched"] = merged.loc[~only_base, "_merge"].to_numpy() == "both"
+    new = _cells(cur[cur["_cell"].isin(set(rows.loc[~rows["matched"], "_cell"]))])
+    rows = rows.rename(columns={"_label": "settings"})
+
+    _variance_statistics(rows)
+    _bias_statistics(rows)
+    rows, tests = decide(rows, tolerance, alpha)
+
+    result = CheckResult(rows=rows, missing=missing, new=new, tolerance=tolerance, alpha=alpha,
+                         allow_missing=allow_missing, tests=tests)
+    _context(result, cur, base)
+    return result
+
+
+def decide(rows: pd.DataFrame, tolerance: float, alpha: float) -> tuple[pd.DataFrame, int]:
+    """Tests and verdicts from the compared rows' statistics at this tolerance and alpha: adds
+    z_variance, p_variance, q_variance, q_bias and verdict to a copy; returns it and the number of
+    tests. Separate from `compare` so a calibration can sweep tolerance and alpha cheaply."""
+    rows = rows.copy()
+    # Rows of an estimator with a warm-up test "ratio <= tolerance" (see _variance_statistics).
+    margin = np.where(rows["warmup"].to_numpy(), math.log(tolerance), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = (np.log(rows["ratio"].to_numpy(np.float64)) - margin) / rows["log_ratio_se"].to_numpy()
+    rows["z_variance"] = z
+    rows["p_variance"] = normal_sf(z)
+    rows["q_variance"], rows["q_bias"], tests = _adjust(rows, alpha)
+    variance_flag = (rows["q_variance"] <= alpha) & (rows["ratio"] > tolerance)
+    bias_flag = rows["q_bias"] <= alpha
+    verdict = np.where(variance_flag & bias_flag, VARIANCE_AND_BIAS,
+                       np.where(variance_flag, VARIANCE, np.where(bias_flag, BIAS, OK)))
+    exact = rows["exact"].to_numpy()
+    rows["verdict"] = np.where(exact != "", exact, verdict)
+    return rows, tests
+
+
+def _adjust(rows: pd.DataFrame, alpha: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """BH q-values within each family (estimator x test kind), rescaled so that comparing them
+    with alpha runs each family's BH at alpha_f = alpha m_f / m (m_f its tests, m all tests)."""
+    kinds = {"variance": rows["p_variance"].to_numpy(), "bias": rows["p_bias"].to_numpy()}
+    m = sum(int(np.count_nonzero(~np.isnan(p))) for p in kinds.values())
+    out = {kind: np.full(len(rows), np.nan) for kind in kinds}
+    estimators = rows["estimator"].astype(str).to_numpy()
+    for name in np.unique(estimators):
+        mask = estimators == name
+        for kind, p in kinds.items():
+            m_f = int(np.count_nonzero(~np.isnan(p[mask])))
+            if m_f:
+                # q <= alpha m_f / m  <=>  q m / m_f <= alpha
+                out[kind][mask] = np.minimum(benjamini_hochberg(p[mask]) * m / m_f, 1.0)
+    return out["variance"], out["bias"], m
+
+
+def _rounding(dtype: pd.Series, *magnitudes: pd.Series) -> np.ndarray:
+    """ROUNDING_ULPS units in the last place at the largest magnitude given (per row)."""
+    eps = dtype.map(_EPS).fillna(_EPS["float32"]).to_numpy(dtype=np.float64)
+    scale = np.nanmax(np.abs(np.column_stack([m.to_numpy(dtype=np.float64)
+                                              for m in magnitudes])), axis=1)
+    return ROUNDING_ULPS * eps * np.nan_to_num(scale, nan=0.0)
+
+
+def _variance_statistics(rows: pd.DataFrame) -> None:
+    """ratio and the SE of its log (delta method) per matched row; `exact` verdicts for rows
+    that need no test (zero or NaN variances); `warmup` for estimators with a warm-up."""
+    v_c = rows["variance_c"].to_numpy(dtype=np.float64)
+    v_b = rows["variance_b"].to_numpy(dtype=np.float64)
+    se_c = rows["variance_se_c"].to_numpy(dtype=np.float64)
+    se_b = rows["variance_se_b"].to_numpy(dtype=np.float64)
+    matched = rows["matched"].to_numpy()
+    floor = _rounding(rows["dtype"], rows["mean_c"], rows["mean_b"])
+    zero_c = v_c <= floor**2
+    zero_b = v_b <= floor**2
+    testable = matched & np.isfinite(v_b) & np.isfinite(v_c) & ~zero_b & ~zero_c
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ratio = np.where(matched, v_c / v_b, np.nan)
+        log_se = np.sqrt((se_c / v_c) ** 2 + (se_b / v_b) ** 2)
+    rows["ratio"] = ratio
+    # NaN log_se (untestable rows) makes z NaN: no test. A zero log_se (both SEs zero, only for
+    # near-constant estimates) makes z +-inf: decided by the sign of the change.
+    rows["log_ratio_se"] = np.where(testable, log_se, np.nan)
+    # A warm-up (a fitted control variate, ...) makes the cell's true variance itself random from
+    # seed to seed, by more than its SE shows (measured: score-function-cv sigma ratios up to 1.32
+    # between seeds at 1e5 samples); for those rows the null is "ratio <= tolerance", not "<= 1".
+    rows["warmup"] = (rows["warmup_evals_c"].fillna(0).to_numpy(np.float64) > 0) | (
+        rows["warmup_evals_b"].fillna(0).to_numpy(np.float64) > 0)
+    value_changed = np.abs(rows["mean_c"].to_numpy(np.float64)
+                           - rows["mean_b"].to_numpy(np.float64)) > floor
+    exact = np.full(len(rows), "", dtype=object)
+    exact[matched & zero_b & ~zero_c & np.isfinite(v_c)] = VARIANCE_APPEARED
+    exact[matched & zero_b & zero_c & value_changed] = VALUE_CHANGED
+    exact[matched & np.isfinite(v_b) & np.isnan(v_c)] = NOT_FINITE
+    rows["exact"] = exact
+
+
+def bias_z(frame: pd.DataFrame, suffix: str = "") -> np.ndarray:
+    """|bias| / bias_se per row of a results frame (columns bias, bias_se, truth, mean, dtype,
+    truth_method, with `suffix`), NaN where there is no truth or no SE. The SE gets a rounding
+    floor (ROUNDING_ULPS ulps of the truth) so an exact estimator is not "biased" by float error."""
+    bias = frame[f"bias{suffix}"].to_numpy(dtype=np.float64)
+    floor = _rounding(frame["dtype"], frame[f"truth{suffix}"], frame[f"mean{suffix}"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(frame[f"bias_se{suffix}"].to_numpy(dtype=np.float64) ** 2 + floor**2)
+        z = np.abs(bias) / se
+    known = (frame[f"truth_method{suffix}"].astype(str) != "none").to_numpy() & np.isfinite(bias)
+    # se == 0 leaves 0/0: an exact zero bias of an exact estimate, no evidence either way.
+    return np.where(known & (se > 0), z, np.nan)
+
+
+def _bias_statistics(rows: pd.DataFrame) -> None:
+    unbiased = rows["unbiased_c"].fillna(False).astype(bool).to_numpy()
+    z = np.where(unbiased, bias_z(rows, "_c"), np.nan)
+    rows["z_bias"] = z
+    rows["p_bias"] = np.minimum(2.0 * normal_sf(z), 1.0)
+
+
+def _cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: suite, settings label, estimator, device, dtype, rows."""
+    if len(frame) == 0:
+        return pd.DataFrame(columns=["suite", "settings", "estimator", "device", "dtype", "rows"])
+    grouped = frame.groupby("_cell", sort=False)
+    out = grouped[list(CELL_COLUMNS)].first()
+    out["settings"] = grouped["_label"].first()
+    out["rows"] = grouped.size()
+    return out.reset_index(drop=True)[["suite", "settings", "estimator", "device", "dtype",
+                                       "rows"]]
+
+
+def _no_overlap_message(cur: pd.DataFrame, base: pd.DataFrame) -> str:
+    def values(frame: pd.DataFrame, column: str) -> str:
+        return ", ".join(sorted(frame[column].astype(str).unique()))
+
+    for column in ("suite", "device", "dtype", "estimator"):
+        if not set(cur[column].astype(str)) & set(base[column].astype(str)):
+            return (f"no cells in common: CURRENT has {column} {values(cur, column)}, BASELINE "
+                    f"has {values(base, column)}; run CURRENT with the baseline's {column}")
+    return ("no cells in common between CURRENT and BASELINE (same suites, estimators, devices "
+            "and dtypes, but different settings or hyperparameters); run CURRENT on the "
+            "baseline's grid")
+
+
+def _distinct(frame: pd.DataFrame, column: str) -> list[str]:
+    if column not in frame:
+        return ["(absent)"]
+    return sorted(frame[column].dropna().astype(str).unique())
+
+
+def _context(result: CheckResult, cur: pd.DataFrame, base: pd.DataFrame) -> None:
+    for column in VERSION_COLUMNS:
+        b, c = _distinct(base, column), _distinct(cur, column)
+        if b != c:
+            result.warnings.append(f"{column} differs: baseline {', '.join(b)}, current "
+                                   f"{', '.join(c)}")
+    for column in ("device", "dtype"):
+        b, c = _distinct(base, column), _distinct(cur, column)
+        if b != c:
+            result.warnings.append(f"{column} differs: baseline {', '.join(b)}, current "
+                                   f"{', '.join(c)}; only cells with the same {column} compare")
+    matched = result.matched
+    flags = matched.groupby("estimator")[["unbiased_c", "unbiased_b"]].first()
+    for name, row in flags.iterrows():
+        if bool(row["unbiased_c"]) != bool(row["unbiased_b"]):
+            result.warnings.append(f"{name} is registered unbiased={bool(row['unbiased_c'])} "
+                                   f"now, unbiased={bool(row['unbiased_b'])} in the baseline")
+    appeared = result.rows[(result.rows["nonfinite_c"] > 0)
+                           & ~(result.rows["nonfinite_b"].fillna(0) > 0)]
+    for (estimator, settings), part in appeared.groupby(["estimator", "settings"]):
+        result.warnings.append(f"{estimator} {settings}: {int(part['nonfinite_c'].max())} "
+                               "non-finite estimates (NaN/Inf) excluded, none in the baseline")
+    b_samples, c_samples = _distinct(base, "samples"), _distinct(cur, "samples")
+    if b_samples != c_samples:
+        result.notes.append(f"samples per cell: baseline {', '.join(b_samples)}, current "
+                            f"{', '.join(c_samples)} (the tests use each side's own SEs)")
+    shared = set(_distinct(base, "seed")) & set(_distinct(cur, "seed"))
+    if shared:
+        result.notes.append(f"baseline and current share seed {', '.join(sorted(shared))}: "
+                            "cells of unchanged code give identical estimates, so variance "
+                            "tests compare a run with itself there")
+    warm = sorted(matched.loc[matched["warmup"], "estimator"].astype(str).unique())
+    if warm:
+        result.notes.append(f"{', '.join(warm)}: a warm-up makes the true variance random from "
+                            f"seed to seed, so their rows test ratio > {result.tolerance:g} "
+                            "rather than ratio > 1 (less power)")
+    untestable = matched["exact"].eq("") & matched["z_variance"].isna() \
+        & ~(matched["variance_b"].fillna(0) <= 0)
+    if untestable.any():
+        result.notes.append(f"{int(untestable.sum())} matched rows have no variance test "
+                            "(NaN variance in the baseline, or no SE)")
+
+
+# ---------------------------------------------------------------- summaries
+
+
+def failing_cells(result: CheckResult) -> pd.DataFrame:
+    """Regressions grouped by (cell, param): the worst row of each (largest |z|, exact verdicts
+    first), with how many coordinates regressed."""
+    reg = result.regressions
+    columns = ["suite", "settings", "estimator", "device", "dtype", "param", "verdict",
+               "coords", "of", "coord", "ratio", "z_variance", "q_variance", "bias_c",
+               "bias_se_c", "z_bias", "q_bias"]
+    if len(reg) == 0:
+        return pd.DataFrame(columns=columns)
+    totals = result.rows.groupby(["_cell", "param"]).size().rename("of")
+    ranked = reg.assign(
+        _rank=np.where(reg["exact"] != "", np.inf,
+                       np.fmax(reg["z_variance"].fillna(-np.inf), reg["z_bias"].fillna(-np.inf))))
+    ranked = ranked.sort_values("_rank", ascending=False, kind="stable")
+    worst = ranked.groupby(["_cell", "param"], sort=False).head(1).set_index(["_cell", "param"])
+    worst["coords"] = reg.groupby(["_cell", "param"]).size()
+    worst = worst.join(totals).reset_index()
+    return worst[columns].reset_index(drop=True)
+
+
+def per_estimator(result: CheckResult) -> pd.DataFrame:
+    """Per estimator: cells and rows compared, median variance ratio, regressions."""
+    rows = result.rows
+    grouped = rows.groupby("estimator", sort=True)
+    out = pd.DataFrame({
+        "cells": grouped["_cell"].nunique(),
+        "rows": grouped.size(),
+        "median_ratio": grouped["ratio"].median(),
+        "variance_regressions": grouped["verdict"].apply(
+            lambda v: int(v.isin([VARIANCE, VARIANCE_AND_BIAS, VARIANCE_APPEARED,
+                                  VALUE_CHANGED, NOT_FINITE]).sum())),
+        "bias_regressions": grouped["verdict"].apply(
+            lambda v: int(v.isin([BIAS, VARIANCE_AND_BIAS]).sum())),
+    })
+    return out.reset_index()
+
+
+def summary_lines(result: CheckResult) -> list[str]:
+    """The check's outcome in a few plain sentences (shared by the terminal and Markdown)."""
+    matched = result.matched
+    reg = result.regressions
+    cells = failing_cells(result)
+    lines = [
+        f"compared {matched['_cell'].nunique()} cells ({len(matched)} rows) with the baseline; "
+        f"{result.tests} tests, Benjamini-Hochberg per estimator and test at total "
+        f"alpha={result.alpha:g}, variance "
+        f"tolerance {result.tolerance:g}x",
+        f"regressions: {len(reg)} rows in {len(cells)} (cell, param) pairs"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in reg['verdict'].value_counts().items())})"
+           if len(reg) else ""),
+    ]
+    if len(result.missing):
+        lines.append(f"missing from current: {len(result.missing)} cells"
+                     + (" (allowed)" if result.allow_missing else " (fails the check; "
+                        "--allow-missing to accept)"))
+    if len(result.new):
+        lines.append(f"new in current (not in the baseline): {len(result.new)} cells")
+    lines.append("FAILED" if result.failed else "passed")
+    return lines
+
+
+def _md_table(frame: pd.DataFrame) -> str:
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    head = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |"
+            for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def to_markdown(result: CheckResult, limit: int = 50) -> str:
+    """A Markdown summary for CI job summaries ($GITHUB_STEP_SUMMARY)."""
+    status = "FAILED" if result.failed else "passed"
+    parts = [f"## gradbench check: {status}", ""]
+    parts += [f"- {line}" for line in summary_lines(result)[:-1]]
+    for warning in result.warnings:
+        parts.append(f"- warning: {warning}")
+    for note in result.notes:
+        parts.append(f"- note: {note}")
+    cells = failing_cells(result)
+    if len(cells):
+        parts += ["", "### Regressions", "", _md_table(cells.head(limit))]
+        if len(cells) > limit:
+            parts.append(f"\n... and {len(cells) - limit} more")
+    if len(result.missing):
+        parts += ["", "### Missing from current", "", _md_table(result.missing.head(limit))]
+    if len(result.new):
+        parts += ["", "### New in current", "", _md_table(result.new.head(limit))]
+    parts += ["", "### Per estimator", "", _md_table(per_estimator(result))]
+    return "\n".join(parts) + "\n"
