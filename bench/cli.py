@@ -153,7 +153,6 @@ def run_command(
     if store.finished_cells(outcome.run_dir):
         frame = store.read_results(outcome.run_dir)
         console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
-        console.print(_throughput_table(frame))
         _print_skipped(outcome.plan.skipped)
         _print_nonfinite(frame)
         console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
@@ -200,33 +199,6 @@ class _sigterm_as_interrupt:
 
         if self._old is not None:
             signal.signal(signal.SIGTERM, self._old)
-
-
-def _throughput_table(frame) -> Table:
-    """Estimates per second per cell (estimator time only: the whole estimate, chunk by chunk;
-    statistics and I/O excluded), with the device that ran it."""
-    from bench.table import setting_columns
-
-    cells = frame.drop_duplicates("cell_id")
-    varying = [c for c in setting_columns(cells) if cells[c].nunique(dropna=True) > 1]
-    keys = [*varying, "estimator", "device"]
-    cells = cells.sort_values(keys, kind="stable")
-    table = Table(title="throughput per cell", caption="estimates/s = 1 / mean seconds per "
-                  "estimate over chunks (estimator only); ± one standard error",
-                  caption_justify="left")
-    for key in keys:
-        table.add_column(key, justify="right" if key in varying else "left")
-    for column in ("device name", "estimates/s", "chunks x size"):
-        table.add_column(column, justify="right")
-    for row in cells.itertuples(index=False):
-        r = row._asdict()
-        seconds, se = r["seconds_per_estimate"], r.get("seconds_per_estimate_se")
-        rate = f"{1 / seconds:.3g}" if seconds > 0 else "inf"
-        if se is not None and se == se and seconds > 0:  # relative SE carries over to 1/x
-            rate += f" ± {se / seconds**2:.2g}"
-        table.add_row(*[_value(r[k]) for k in keys], str(r["device_name"]), rate,
-                      f"{r['chunks']} x {r['chunk_size']:,}")
-    return table
 
 
 def _value(value: object) -> str:

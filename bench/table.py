@@ -36,7 +36,8 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
     keys = varying_columns(first, ["suite", *setting_columns(first), "device"])
     first = first.sort_values([*keys, "estimator", "param"], kind="stable")
     table = Table(title=title or None, caption="coordinate 0 of each parameter; ± one standard "
-                  "error; bias in red where |bias| > 4 SE", caption_justify="left")
+                  "error; bias in red where |bias| > 4 SE (beyond floating-point rounding); "
+                  "time is the estimator's alone, per cell", caption_justify="left")
     for key in keys:
         table.add_column(key, justify="right")
     table.add_column("estimator")
@@ -46,10 +47,12 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
     table.add_column("variance ± SE", justify="right")
     table.add_column("evals", justify="right")
     table.add_column("s/estimate ± SE", justify="right")
+    table.add_column("estimates/s ± SE", justify="right")
     for row in first.itertuples(index=False):
         r = row._asdict()
         bias = fmt(r["bias"], r["bias_se"])
-        significant = not math.isnan(r["bias"]) and abs(r["bias"]) > 4 * r["bias_se"]
+        significant = (not math.isnan(r["bias"]) and abs(r["bias"]) > 4 * r["bias_se"]
+                       and abs(r["bias"]) > rounding_floor(r))
         if significant:
             bias = f"[red]{bias}[/red]"
         variance = fmt(r["variance"], r["variance_se"])
@@ -60,8 +63,24 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
             r["estimator"], r["param"], fmt(r["truth"]), bias, variance,
             f"{r['evals_per_estimate']:g}",
             fmt(r["seconds_per_estimate"], r.get("seconds_per_estimate_se")),
+            rate(r["seconds_per_estimate"], r.get("seconds_per_estimate_se")),
         )
     return table
+
+
+def rounding_floor(row: dict) -> float:
+    """The bias that floating-point rounding alone can produce: a zero-variance estimator (exact
+    enumeration) computes the truth along another route, and bias_se = 0 would otherwise make
+    a 1e-17 difference look significant. 64 ulps of the larger of |truth| and |mean|."""
+    eps = 1.2e-7 if row.get("dtype") == "float32" else 2.3e-16
+    return 64 * eps * max(abs(row["truth"]), abs(row["mean"]))
+
+
+def rate(seconds: float, se: float | None) -> str:
+    """Estimates per second, 1/seconds, with the SE carried over by the delta method."""
+    if seconds is None or math.isnan(seconds) or seconds <= 0:
+        return "n/a"
+    return fmt(1.0 / seconds, se / seconds**2 if se is not None else None)
 
 
 def _cell(value: object) -> str:

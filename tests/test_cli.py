@@ -7,25 +7,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from typer.testing import CliRunner
+from cli_helpers import assert_one_line_error, invoke
 
-from bench.cli import app
-
-runner = CliRunner()
 SMALL = ["--set", "mu=1", "--set", "sigma=1", "--set", "k=0", "--set", "dim=2", "--samples", "200"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_list_names_estimators_and_suites():

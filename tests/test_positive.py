@@ -17,12 +17,11 @@ import pandas as pd
 import pytest
 import sympy as sp
 import torch
+from cli_helpers import assert_one_line_error, invoke
 from scipy import integrate, special, stats
 from torch.distributions import Bernoulli, Gamma, Laplace, Normal
-from typer.testing import CliRunner
 
 from bench import runner
-from bench.cli import app
 from bench.errors import BenchError
 from bench.problem import Problem
 from bench.seeding import seeded
@@ -484,17 +483,8 @@ def test_default_plans_skip_what_does_not_apply():
 # ---------------------------------------------------------------- CLI domain checks
 
 
-cli = CliRunner()
-
-
-def assert_one_line_error(args: list[str], *fragments: str) -> None:
-    result = cli.invoke(app, args)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+def assert_cli_error(args: list[str], *fragments: str) -> None:
+    assert_one_line_error(invoke(*args), *fragments)
 
 
 @pytest.mark.parametrize(("suite", "assignment", "fragments"), [
@@ -513,20 +503,20 @@ def assert_one_line_error(args: list[str], *fragments: str) -> None:
     ("gamma", "concentration=0.001", ("concentration=0.001", "fraction 0.49")),
 ])
 def test_cli_rejects_bad_settings(suite, assignment, fragments, tmp_path):
-    assert_one_line_error(["run", "--suite", suite, "--set", assignment, "--samples", "10",
+    assert_cli_error(["run", "--suite", suite, "--set", assignment, "--samples", "10",
                            "--out", str(tmp_path)], *fragments)
 
 
 def test_cli_rejects_inverse_cdf_on_gamma(tmp_path):
-    assert_one_line_error(["run", "--suite", "gamma", "-e", "inverse-cdf", "--samples", "10",
+    assert_cli_error(["run", "--suite", "gamma", "-e", "inverse-cdf", "--samples", "10",
                            "--out", str(tmp_path)], "inverse-cdf does not apply",
                           "no closed-form inverse CDF")
 
 
 def test_cli_runs_a_positive_suite(tmp_path):
-    result = cli.invoke(app, ["run", "--suite", "weibull", "-e", "inverse-cdf", "-e", "implicit",
-                              "--set", "concentration=0.5", "--set", "cost=log", "--samples",
-                              "200", "--out", str(tmp_path)])
+    result = invoke("run", "--suite", "weibull", "-e", "inverse-cdf", "-e", "implicit",
+                    "--set", "concentration=0.5", "--set", "cost=log", "--samples", "200",
+                    "--out", tmp_path)
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(next(tmp_path.iterdir()))
     assert set(frame["estimator"]) == {"inverse-cdf", "implicit"}

@@ -8,15 +8,12 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from cli_helpers import assert_one_line_error, invoke
 from PIL import Image
-from typer.testing import CliRunner
 
 from bench import report
-from bench.cli import app
 from bench.report_figures import estimator_styles, held_settings, sweep_figure
 from bench.store import REQUIRED_COLUMNS
-
-runner = CliRunner()
 
 BASE = {
     "run_id": "run-1", "suite": "synthetic", "estimator": "A", "device": "cpu", "param": "theta",
@@ -31,19 +28,6 @@ BASE = {
 def tidy(rows):
     """A results frame: BASE overridden by each row's entries."""
     return pd.DataFrame([{**BASE, **row} for row in rows])
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------- statistics
