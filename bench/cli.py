@@ -208,13 +208,19 @@ def _value(value: object) -> str:
 
 
 def _print_skipped(skipped) -> None:
-    reasons: dict[tuple[str, str], int] = {}
+    """One line per reason: the estimators it excludes, and on how many settings each."""
+    by_reason: dict[str, dict[str, int]] = {}
     for skip in skipped:
-        key = (skip.estimator, skip.reason)
-        reasons[key] = reasons.get(key, 0) + 1
-    for (name, reason), count in sorted(reasons.items()):
-        console.print(f"[yellow]skipped[/yellow] {name} ({count} settings): "
-                      f"not applicable: {reason}")
+        counts = by_reason.setdefault(skip.reason, {})
+        counts[skip.estimator] = counts.get(skip.estimator, 0) + 1
+    for reason, counts in sorted(by_reason.items()):
+        if len(set(counts.values())) == 1:  # the usual case: excluded on the same settings
+            count = next(iter(counts.values()))
+            names = f"{', '.join(sorted(counts))} ({count} setting{'s' * (count > 1)} each)"
+        else:
+            names = ", ".join(f"{name} ({n} settings)" for name, n in sorted(counts.items()))
+        console.print(f"[yellow]skipped[/yellow] {names}: not applicable: {reason}",
+                      highlight=False)
 
 
 def _print_nonfinite(frame) -> None:

@@ -80,6 +80,14 @@ def test_hyperparameter_sweep_lands_in_its_own_column(results_dir):
         (["-s", "gaussian-quadratic", "--set", "pathwise.K=3"], ["hyperparameter of pathwise"]),
         (["-s", "gaussian-quadratic", "--dtype", "float16"], ["unknown dtype", "float64"]),
         (["-s", "gaussian-exp", "--set", "k=-1", "--set", "sigma=1"], ["k"]),
+        (["-s", "bernoulli-toy", "-e", "pathwise"],
+         ["pathwise does not apply to suite bernoulli-toy", "has_rsample is False"]),
+        (["-s", "bernoulli-coupled", "-e", "exact", "--set", "dim=200"],
+         ["2^200 joint states", "fewer coordinates or an unbiased estimator"]),
+        (["-s", "bernoulli-toy", "--set", "t=inf"], ["t=inf", "finite"]),
+        (["-s", "categorical", "--set", "categories=1"], ["categories=1"]),
+        (["-s", "bernoulli-toy", "-e", "gumbel-softmax", "--set", "tau=0"], ["tau"]),
+        (["-s", "gamma", "--set", "concentration=0"], ["concentration=0"]),
     ],
 )
 def test_bad_run_input_is_one_line_exit_2(args, fragments, results_dir):
