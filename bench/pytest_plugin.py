@@ -77,7 +77,7 @@ def run(
         columns = runner.run_cell(cell)
         rows = len(columns["param"])
         # The metadata columns bench run writes on every row (store's own list).
-        parts.append(pd.DataFrame({**{k: [meta[k]] * rows for k in store._ROW_METADATA},
+        parts.append(pd.DataFrame({**store.metadata_columns(meta, rows),
                                    **columns}))
     return pd.concat(parts, ignore_index=True)
 

@@ -58,6 +58,12 @@ class Cell:
                 self.dtype, self.samples, self.seed)
 
     @property
+    def warmup_key(self) -> tuple:
+        """The key without samples and seed: what a warm-up's fit may depend on."""
+        return (self.suite, self.settings, self.estimator, self.hyperparams, self.device,
+                self.dtype)
+
+    @property
     def cell_seed(self) -> int:
         return derive_seed(*self.key)
 
@@ -389,7 +395,10 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
 
     state = {}
     if estimator.warmup is not None:
-        with seeded(derive_seed(seed, "warmup"), device):
+        # Seeded by the cell's configuration, not by the run's seed: runs at different seeds
+        # then measure the same fitted estimator (same control variate / surrogate), so their
+        # variances are comparable (bench check) and only the measurement noise differs.
+        with seeded(derive_seed(*cell.warmup_key, "warmup"), device):
             state = {"state": estimator.warmup(problem, **hyper)}
 
     size = chunk_size(problem, cell.samples, estimator.memory_per_estimate(problem, hyper), device)

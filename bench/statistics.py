@@ -412,3 +412,11 @@ def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
     if arr.size < 2:
         return mean, math.nan
     return mean, float(arr.std(ddof=1) / math.sqrt(arr.size))
+
+
+def rounding_tolerance(dtype: str) -> float:
+    """The relative difference floating-point rounding alone can explain between two routes to
+    one deterministic number (exact enumeration vs a closed form, say): sqrt(eps) of the dtype,
+    half its digits. Ulps of the result are not enough: enumeration sums terms much larger
+    than their total (a truth of 1e-4 from terms of 0.25 carries errors of ~1e-17)."""
+    return math.sqrt(torch.finfo(torch.float32 if dtype == "float32" else torch.float64).eps)

@@ -80,9 +80,14 @@ def run_metadata(run_id: str, command: str) -> dict[str, Any]:
     }
 
 
-# Metadata repeated on every row (the rest stays in run.json).
-_ROW_METADATA = ("run_id", "schema_version", "gradbench_version", "torch_version", "threads",
-                 "git_commit", "started_at", "command")
+# Metadata repeated on every row (the rest stays in _run.json).
+ROW_METADATA = ("run_id", "schema_version", "gradbench_version", "torch_version", "threads",
+                "git_commit", "started_at", "command")
+
+
+def metadata_columns(meta: Mapping[str, Any], rows: int) -> dict[str, list]:
+    """The run metadata columns every results row carries, for `rows` rows."""
+    return {key: [meta[key]] * rows for key in ROW_METADATA}
 
 
 def prepare_out(out: Path) -> Path:
@@ -131,7 +136,7 @@ def write_cell(run_dir: Path, cell_id: str, columns: Mapping[str, list], meta: M
     added as nulls here so every file of the run has the same schema.
     """
     rows = len(columns["param"])
-    data = {k: pa.array([meta[k]] * rows) for k in _ROW_METADATA}
+    data = {k: pa.array(v) for k, v in metadata_columns(meta, rows).items()}
     for name, values in columns.items():
         kind = (optional or {}).get(name)
         data[name] = pa.array(values, type=_ARROW_TYPES.get(kind) if kind else None)

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 from rich.table import Table
 
+from bench.statistics import rounding_tolerance
 from bench.store import RESERVED_COLUMNS
 
 _NOT_SETTINGS = RESERVED_COLUMNS | {"python_version"}
@@ -71,9 +72,8 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
 def rounding_floor(row: dict) -> float:
     """The bias that floating-point rounding alone can produce: a zero-variance estimator (exact
     enumeration) computes the truth along another route, and bias_se = 0 would otherwise make
-    a 1e-17 difference look significant. 64 ulps of the larger of |truth| and |mean|."""
-    eps = 1.2e-7 if row.get("dtype") == "float32" else 2.3e-16
-    return 64 * eps * max(abs(row["truth"]), abs(row["mean"]))
+    a 1e-17 difference look significant."""
+    return rounding_tolerance(str(row.get("dtype"))) * max(abs(row["truth"]), abs(row["mean"]))
 
 
 def rate(seconds: float, se: float | None) -> str:

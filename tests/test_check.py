@@ -12,12 +12,12 @@ import torch
 from typer.testing import CliRunner
 
 import bench
-from bench import check
+from bench import check, store
 from bench.cli import app
 from bench.errors import BenchError
 from bench.pytest_plugin import run
 from estimators import get_estimator, register_estimator
-from estimators.registry import _REGISTRY
+from estimators.registry import _REGISTRY  # to unregister the test-only estimators
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline"
 
@@ -79,7 +79,7 @@ def test_variance_regression_needs_significance_and_the_tolerance():
     # z = log 2 / sqrt(0.02^2 + 0.02^2), by hand.
     assert got.loc[0, "z_variance"] == pytest.approx(math.log(2) / (0.02 * math.sqrt(2)))
     assert got["verdict"].tolist() == [check.VARIANCE, check.OK, check.OK, check.OK]
-    assert got.loc[1, "q_variance"] < 0.01  # significant: the tolerance alone spared it
+    assert got.loc[1, "q_variance"] < check.DEFAULT_ALPHA  # significant: the tolerance spared it
     assert result.failed
     assert check.compare(cur, base, tolerance=1.05).rows["verdict"].tolist()[:2] == [
         check.VARIANCE, check.VARIANCE]
@@ -104,8 +104,8 @@ def test_estimators_with_a_warm_up_are_tested_against_the_tolerance():
 
 def test_one_estimators_regression_does_not_lower_the_bar_for_another():
     # 1000 rows of estimator A regress beyond doubt. B has one bias z = 3.5 (p = 4.7e-4): one
-    # global BH over all 2002 tests would reject it (rank 1001: 0.01 * 1001 / 2002 = 0.005);
-    # B's own family (1 bias test) stands at alpha * 1 / 2002 = 5e-6 and must not.
+    # global BH over all 2002 tests would reject it (rank 1001: 0.005 * 1001 / 2002 = 0.0025);
+    # B's own family (1 bias test) stands at alpha * 1 / 2002 = 2.5e-6 and must not.
     base = frame(*[row(estimator="A", coord=c) for c in range(1000)], row(estimator="B"))
     cur = frame(*[row(estimator="A", coord=c, variance=2.0, variance_se=0.04)
                   for c in range(1000)], row(estimator="B", bias=0.035, mean=1.035))
@@ -284,24 +284,16 @@ def test_a_biased_estimator_registered_unbiased_fails(degraded):
 def test_the_committed_baseline_passes_for_another_seed():
     # The cheap part of the baseline's grid (dim <= 30 of gaussian-quadratic), every estimator
     # the baseline has, a seed the baseline was not made with.
-    baseline = check_store_read(BASELINE)
+    baseline = store.read_results(BASELINE)
     quad = baseline[baseline["suite"] == "gaussian-quadratic"]
     small = sorted(int(d) for d in quad["dim"].dropna().unique() if d <= 30)
     assert small, "the baseline lacks the gaussian-quadratic dim <= 30 cells"
-    parts = []
-    for name in sorted(quad["estimator"].unique()):
-        settings = {"dim": small}
-        parts.append(run(name, "gaussian-quadratic", settings, seed=77))
+    parts = [run(name, "gaussian-quadratic", {"dim": small}, seed=77)
+             for name in sorted(quad["estimator"].unique())]
     result = check.compare(pd.concat(parts, ignore_index=True), baseline, allow_missing=True)
     assert not result.failed, check.to_markdown(result)
     assert len(result.new) == 0 and result.matched["_cell"].nunique() == sum(
         p["cell_id"].nunique() for p in parts)
-
-
-def check_store_read(path):
-    from bench import store
-
-    return store.read_results(path)
 
 
 # ---------------------------------------------------------------- the CLI
