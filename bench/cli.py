@@ -216,7 +216,8 @@ def _print_skipped(skipped) -> None:
     for reason, counts in sorted(by_reason.items()):
         if len(set(counts.values())) == 1:  # the usual case: excluded on the same settings
             count = next(iter(counts.values()))
-            names = f"{', '.join(sorted(counts))} ({count} setting{'s' * (count > 1)} each)"
+            each = " each" if len(counts) > 1 else ""
+            names = f"{', '.join(sorted(counts))} ({count} setting{'s' * (count > 1)}{each})"
         else:
             names = ", ".join(f"{name} ({n} settings)" for name, n in sorted(counts.items()))
         console.print(f"[yellow]skipped[/yellow] {names}: not applicable: {reason}",
