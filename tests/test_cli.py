@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from cli_helpers import assert_one_line_error, invoke
+from helpers import assert_one_line_error, invoke
 
 SMALL = ["--set", "mu=1", "--set", "sigma=1", "--set", "k=0", "--set", "dim=2", "--samples", "200"]
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import CountingCost
 from scipy.integrate import quad
 from torch import Tensor
 from torch.distributions import Bernoulli, Normal, OneHotCategorical
@@ -503,16 +504,6 @@ def test_conditional_draws_have_the_right_law() -> None:
 
 
 # ---------------------------------------------------------------- accounting and contracts
-
-
-class CountingCost:
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        self.fn = fn
-        self.rows: list[int] = []
-
-    def __call__(self, z: Tensor) -> Tensor:
-        self.rows.append(z.shape[0])
-        return self.fn(z)
 
 
 @pytest.mark.parametrize("setting", ["logits-mixed-d5", "categorical-2x3"])

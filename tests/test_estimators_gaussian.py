@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import CountingCost
 from torch import Tensor
 from torch.distributions import Normal
 
@@ -287,18 +288,6 @@ def test_loo_baseline_variance_sits_between_oracle_baseline_and_plain_score_func
 
 
 # ---------------------------------------------------------------- vectorisation and accounting
-
-
-class CountingCost:
-    """Wraps a batched function, recording how many rows each call received."""
-
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
-        self.fn = fn
-        self.rows: list[int] = []
-
-    def __call__(self, z: Tensor) -> Tensor:
-        self.rows.append(z.shape[0])
-        return self.fn(z)
 
 
 @pytest.mark.parametrize("setting", ["quadratic-1d", "sum-squared-3d"])

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import sympy as sp
 import torch
-from cli_helpers import assert_one_line_error, invoke
+from helpers import assert_one_line_error, invoke
 from scipy import integrate, special, stats
 from torch.distributions import Bernoulli, Gamma, Laplace, Normal
 

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from cli_helpers import assert_one_line_error, invoke
+from helpers import assert_one_line_error, invoke
 from PIL import Image
 
 from bench import report

@@ -1,5 +1,8 @@
-"""Shared by the CLI-facing tests: run `bench` in process and check the bad-input contract."""
+"""Shared by the tests: run `bench` in process, check the bad-input contract, count cost calls."""
 
+from collections.abc import Callable
+
+from torch import Tensor
 from typer.testing import CliRunner
 
 from bench.cli import app
@@ -20,3 +23,16 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+class CountingCost:
+    """Wraps a batched cost, recording how many rows each call received (vectorisation and
+    evaluation-count checks)."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.fn = fn
+        self.rows: list[int] = []
+
+    def __call__(self, z: Tensor) -> Tensor:
+        self.rows.append(z.shape[0])
+        return self.fn(z)
