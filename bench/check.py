@@ -67,7 +67,7 @@ import torch
 
 from bench.errors import BenchError
 from bench.statistics import rounding_tolerance
-from bench.store import RESERVED_COLUMNS, SCHEMA_VERSION
+from bench.store import SCHEMA_VERSION, setting_columns
 
 # Chosen from scripts/calibrate_check.py's measurements (40 seed pairs; see the README's
 # "bench check" section). Tolerance: the smallest with no false alarm from the warm-up estimator
@@ -76,7 +76,6 @@ from bench.store import RESERVED_COLUMNS, SCHEMA_VERSION
 # level sits below the 1% target with that headroom; power lost against 0.01: <= 0.3 points.
 DEFAULT_TOLERANCE = 1.15
 DEFAULT_ALPHA = 0.005
-_NOT_SETTINGS = RESERVED_COLUMNS | {"python_version", "param", "coord"}
 CELL_COLUMNS = ("suite", "estimator", "device", "dtype")
 VERSION_COLUMNS = ("gradbench_version", "torch_version")
 
@@ -163,11 +162,6 @@ def _norm(value: object) -> object:
 
 def _fmt_value(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def setting_columns(frame: pd.DataFrame) -> list[str]:
-    """Settings and hyperparameter columns: everything outside the fixed schema."""
-    return [c for c in frame.columns if c not in _NOT_SETTINGS]
 
 
 def cell_keys(frame: pd.DataFrame, settings: Sequence[str]) -> tuple[pd.Series, pd.Series]:

@@ -111,7 +111,7 @@ def assert_unbiased(
     __tracebackhide__ = True  # pytest shows the caller's line, not this helper's
     import numpy as np
 
-    from bench import check
+    from bench import check, store
     from bench.errors import BenchError
 
     frame = run(estimator, suite, settings, hyperparams, samples, seed, device, dtype)
@@ -123,7 +123,7 @@ def assert_unbiased(
     q = check.benjamini_hochberg(np.minimum(2.0 * check.normal_sf(z), 1.0))
     failed = frame.assign(z=z, q=q)[q <= alpha]
     if len(failed):
-        settings_cols = check.setting_columns(frame)
+        settings_cols = store.setting_columns(frame)
         lines = [f"{estimator} is biased on {suite}: {len(failed)} of {int((~np.isnan(z)).sum())}"
                  f" coordinates have significant bias (Benjamini-Hochberg, alpha={alpha:g}); "
                  "worst:"]

@@ -41,8 +41,8 @@ import pandas as pd
 from scipy.stats import norm
 
 from bench.errors import BenchError
-from bench.store import RUN_FILE, prepare_out, read_results
-from bench.table import fmt, setting_columns
+from bench.store import RUN_FILE, prepare_out, read_results, setting_columns
+from bench.table import fmt
 
 ALPHA = 1e-3  # family-wise false-alarm rate of the bias test, per cell
 MIN_Z = 4.0  # never flag below 4 SE (the terminal table's convention)

@@ -11,7 +11,7 @@ floating-point rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -401,17 +401,6 @@ def _as_coords(value: Tensor | np.ndarray | float, coords: int) -> np.ndarray:
         value = value.detach().to("cpu", _F64).numpy()
     arr = np.asarray(value, dtype=np.float64)
     return np.broadcast_to(arr.reshape(-1) if arr.ndim else arr, (coords,)).copy()
-
-
-def mean_and_se(values: Sequence[float]) -> tuple[float, float]:
-    """Sample mean and its standard error s / sqrt(n) (NaN SE with fewer than 2 values)."""
-    arr = np.asarray(values, dtype=np.float64).reshape(-1)
-    if arr.size == 0:
-        return math.nan, math.nan
-    mean = float(arr.mean())
-    if arr.size < 2:
-        return mean, math.nan
-    return mean, float(arr.std(ddof=1) / math.sqrt(arr.size))
 
 
 def rounding_tolerance(dtype: str) -> float:

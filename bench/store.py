@@ -50,6 +50,11 @@ RESERVED_COLUMNS = frozenset(REQUIRED_COLUMNS) | {
 }
 
 
+def setting_columns(frame: pd.DataFrame) -> list[str]:
+    """Suite settings and estimator hyperparameters: every column outside the fixed schema."""
+    return [c for c in frame.columns if c not in RESERVED_COLUMNS]
+
+
 def new_run_id() -> str:
     """Sortable by time, unique across concurrent runs on one results folder."""
     now = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")

@@ -8,9 +8,7 @@ import pandas as pd
 from rich.table import Table
 
 from bench.statistics import rounding_tolerance
-from bench.store import RESERVED_COLUMNS
-
-_NOT_SETTINGS = RESERVED_COLUMNS | {"python_version"}
+from bench.store import setting_columns
 
 
 def fmt(value: float, se: float | None = None) -> str:
@@ -24,11 +22,6 @@ def fmt(value: float, se: float | None = None) -> str:
 
 def varying_columns(frame: pd.DataFrame, candidates: list[str]) -> list[str]:
     return [c for c in candidates if c in frame and frame[c].nunique(dropna=True) > 1]
-
-
-def setting_columns(frame: pd.DataFrame) -> list[str]:
-    """Columns that are suite settings or hyperparameters (everything not in the fixed schema)."""
-    return [c for c in frame.columns if c not in _NOT_SETTINGS and c not in ("param", "coord")]
 
 
 def summary_table(frame: pd.DataFrame, title: str = "") -> Table:

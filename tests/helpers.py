@@ -2,6 +2,7 @@
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 from typer.testing import CliRunner
 
@@ -36,3 +37,14 @@ class CountingCost:
     def __call__(self, z: Tensor) -> Tensor:
         self.rows.append(z.shape[0])
         return self.fn(z)
+
+
+def assert_estimate_contract(out: dict[str, Tensor], problem, n: int, dtype: torch.dtype) -> None:
+    """An estimator's output: one [n, *shape] tensor per parameter, in the problem's dtype,
+    detached and finite."""
+    assert set(out) == set(problem.params)
+    for param, value in problem.params.items():
+        assert out[param].shape == (n, *value.shape)
+        assert out[param].dtype == dtype
+        assert not out[param].requires_grad
+        assert torch.isfinite(out[param]).all()

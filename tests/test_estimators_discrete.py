@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CountingCost
+from helpers import CountingCost, assert_estimate_contract
 from scipy.integrate import quad
 from torch import Tensor
 from torch.distributions import Bernoulli, Normal, OneHotCategorical
@@ -554,13 +554,7 @@ def test_shapes_and_dtypes(name: str, dtype: torch.dtype) -> None:
             continue
         hyper = {"warmup_steps": 3} if name == "relax" else {}
         state = {"state": estimator.warmup(problem, **hyper)} if estimator.warmup else {}
-        out = estimator.fn(problem, 7, **hyper, **state)
-        assert set(out) == set(problem.params)
-        for param, value in problem.params.items():
-            assert out[param].shape == (7, *value.shape)
-            assert out[param].dtype == dtype
-            assert not out[param].requires_grad
-            assert torch.isfinite(out[param]).all()
+        assert_estimate_contract(estimator.fn(problem, 7, **hyper, **state), problem, 7, dtype)
 
 
 def test_hyperparameter_validation() -> None:

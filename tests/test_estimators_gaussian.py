@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import CountingCost
+from helpers import CountingCost, assert_estimate_contract
 from torch import Tensor
 from torch.distributions import Normal
 
@@ -180,13 +180,7 @@ def test_shapes_and_dtypes(name: str, dtype: torch.dtype) -> None:
     ):
         estimator = get_estimator(name)
         state = {"state": estimator.warmup(problem)} if estimator.warmup else {}
-        out = estimator.fn(problem, 7, **state)
-        assert set(out) == set(problem.params)
-        for param, value in problem.params.items():
-            assert out[param].shape == (7, *value.shape)
-            assert out[param].dtype == dtype
-            assert not out[param].requires_grad
-            assert torch.isfinite(out[param]).all()
+        assert_estimate_contract(estimator.fn(problem, 7, **state), problem, 7, dtype)
 
 
 def test_naive_is_zero_so_its_bias_is_minus_the_truth() -> None:

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from bench.statistics import SUMMARY_KEYS, Moments, mean_and_se
+from bench.statistics import SUMMARY_KEYS, Moments
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -487,15 +487,6 @@ def test_bias_against_a_known_truth() -> None:
 
 
 # ---------------------------------------------------------------------------------- misc
-
-
-def test_mean_and_se() -> None:
-    mean, se = mean_and_se([1.0, 2.0, 3.0, 4.0])
-    assert mean == 2.5
-    assert se == pytest.approx(math.sqrt(5 / 3) / 2, rel=4 * EPS)
-    one = mean_and_se([5.0])
-    assert one[0] == 5.0 and math.isnan(one[1])
-    assert all(math.isnan(v) for v in mean_and_se([]))
 
 
 def test_invalid_inputs_are_rejected() -> None:
