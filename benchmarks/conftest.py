@@ -4,7 +4,8 @@ root collects only tests/ (testpaths), and the project's addopts pass --benchmar
     .venv/bin/pytest benchmarks --benchmark-only            # CPU (and CUDA when present)
     .venv/bin/pytest benchmarks --benchmark-only -k "pathwise and dim1"   # a subset
 
-Each case times, interleaved round by round, the harness path (bench.runner.run_cell: estimates
+Each case times, interleaved round by round, the harness path
+(gradbench.app.measure.run_cell: estimates
 + streaming statistics, one cell) and the limit: torch.randn of as many elements as the
 estimates have coordinates (one normal per coordinate per estimate, the least any estimator of
 a Gaussian needs), same dtype and device; plus the tutorials' loop, one backward pass per

@@ -19,7 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = [sys.executable, "-m", "bench.cli", "run", "-s", "gaussian-quadratic", "-e", "pathwise",
+BENCH = [sys.executable, "-m", "gradbench.app.cli", "run", "-s", "gaussian-quadratic",
+         "-e", "pathwise",
          "--set", "dim=1", "--set", "sigma=1", "--set", "k=0", "--set", "mu=1"]
 
 

@@ -1,4 +1,5 @@
-"""Per-sample gradient throughput of the harness (bench.runner.run_cell) against torch.randn of
+"""Per-sample gradient throughput of the harness (gradbench.app.measure.run_cell) against
+torch.randn of
 as many elements, and against the tutorials' one-backward-per-sample loop. See conftest.py for
 how to run and how the numbers are taken; the summary table comes at the end of the run."""
 
@@ -10,9 +11,9 @@ import pytest
 import torch
 from throughput_cases import Case
 
-from bench import runner
-from estimators import get_estimator
-from suites import all_suites
+from gradbench.app import measure, planning
+from gradbench.estimators import get_estimator
+from gradbench.suites import all_suites
 
 ESTIMATORS = ("pathwise", "score-function", "measure-valued")
 DIMS = (1, 100, 10_000)
@@ -71,7 +72,7 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
     settings = {**fixed, "dim": dim}
     the_suite = all_suites()[suite]
     problem = the_suite.problem(settings, device=torch.device(device),
-                                dtype=runner.DTYPES[dtype])
+                                dtype=planning.DTYPES[dtype])
     spec = get_estimator(estimator)
     reason = spec.applicability(problem)
     if reason is not None:
@@ -79,11 +80,11 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
     coords = problem.q().sample().numel()
     samples = max(64, ELEMENTS[device] // coords)
     hyper = tuple((h.name, h.default) for h in spec.hyperparams.values())
-    cell = runner.Cell(suite, tuple(settings.items()), estimator, hyper, device, dtype,
+    cell = planning.Cell(suite, tuple(settings.items()), estimator, hyper, device, dtype,
                        samples, 0)
     case = record(Case(f"{estimator} {suite} dim{dim}", device, dtype, coords, samples))
     clock = clock_for(device)
-    buffer = torch.empty(samples * coords, dtype=runner.DTYPES[dtype], device=device)
+    buffer = torch.empty(samples * coords, dtype=planning.DTYPES[dtype], device=device)
 
     def limit() -> None:
         start = clock()
@@ -92,10 +93,10 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
 
     def harness() -> None:
         start = clock()
-        runner.run_cell(cell)
+        measure.run_cell(cell)
         case.harness_s.append(clock() - start)
 
-    runner.run_cell(runner.Cell(*cell.key[:6], 1000, 0))  # warm: kernels, allocator, caches
+    measure.run_cell(planning.Cell(*cell.key[:6], 1000, 0))  # warm: kernels, allocator, caches
     torch.randn(buffer.shape, out=buffer)
     benchmark.extra_info.update(samples=samples, coords=coords, device=device, dtype=dtype)
     benchmark.pedantic(harness, setup=limit, rounds=ROUNDS[device], iterations=1)

@@ -1,27 +1,62 @@
-"""Gradient estimators. Adding one: a new module in this package with a `@register_estimator`
-function. Every module here is imported on first use of the registry."""
+"""Gradient estimators, one module each. Adding one: a new module with a `@register_estimator`
+function (here, or in any package registered as a plugin). The helpers an estimator needs are
+re-exported here, so a plugin imports only this public module."""
 
 import importlib
 import pkgutil
 
-from estimators.registry import (
+from gradbench.core.autograd import (
+    check_estimates,
+    detached,
+    log_prob_sum,
+    native_to_params,
+    per_sample_grad,
+    repeat_params,
+)
+from gradbench.core.estimator import (
     Estimator,
     Hyperparam,
-    Requirement,
     all_estimators,
     get_estimator,
     register_estimator,
 )
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import (
+    Requirement,
+    bernoulli,
+    differentiable_cost,
+    discrete,
+    enumerable_support,
+    gaussian,
+    has_log_prob,
+    relaxed_cost,
+    reparameterizable,
+)
 
 for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_") and _module.name != "registry":
+    if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
     "Estimator",
     "Hyperparam",
+    "Problem",
     "Requirement",
     "all_estimators",
+    "bernoulli",
+    "check_estimates",
+    "detached",
+    "differentiable_cost",
+    "discrete",
+    "enumerable_support",
+    "gaussian",
     "get_estimator",
+    "has_log_prob",
+    "log_prob_sum",
+    "native_to_params",
+    "per_sample_grad",
     "register_estimator",
+    "relaxed_cost",
+    "reparameterizable",
+    "repeat_params",
 ]

@@ -35,8 +35,7 @@ from torch.distributions import (
     RelaxedOneHotCategorical,
 )
 
-from bench.errors import BenchError
-from estimators.registry import Hyperparam
+from gradbench.core.estimator import Hyperparam
 
 
 def open_uniform(shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
@@ -135,6 +134,7 @@ def tau_hyperparam(default: float, help_text: str) -> Hyperparam:
 
 
 def require(reason: str | None) -> None:
-    """Raise the one-line BenchError for an invalid hyperparameter (None: valid)."""
+    """Raise ValueError for an invalid hyperparameter (None: valid); the planner has already
+    refused such values with a one-line error, so this guards direct calls."""
     if reason is not None:
-        raise BenchError(reason)
+        raise ValueError(reason)

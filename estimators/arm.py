@@ -18,24 +18,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, native_to_params
-from estimators._relaxations import open_uniform
-from estimators.registry import register_estimator
-from estimators.requirements import bernoulli
+from gradbench.core.autograd import check_estimates, native_to_params, repeat_params
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import bernoulli
+from gradbench.estimators._relaxations import open_uniform
 
 
-def antithetic_costs(problem: Problem, u: Tensor, logits: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """b = 1[u < sigma(th)], b~ = 1[u > sigma(-th)] (= 1[1 - u < sigma(th)]), f(b), f(b~).
+def antithetic_costs(problem: Problem, u: Tensor, logits: Tensor, params: dict[str, Tensor]
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """b = 1[u < sigma(th)], b~ = 1[u > sigma(-th)] (= 1[1 - u < sigma(th)]), f(b~) - f(b), and
+    (f(b) + f(b~)) / 2 with its graph: both are Bernoulli(sigma(th)) draws, so its gradient
+    estimates the cost's direct term E[grad_theta f_theta(b)] (0 for f of b alone).
 
-    Both are Bernoulli(sigma(th)) draws; one batched cost call with 2n rows.
+    One batched cost call with 2n rows.
     """
     n = u.shape[0]
     b = (u < torch.sigmoid(logits)).to(u.dtype)
     b_anti = (u > torch.sigmoid(-logits)).to(u.dtype)
-    with torch.no_grad():
-        f = problem.cost(torch.cat([b, b_anti]))
-    return b, b_anti, f[n:] - f[:n]
+    f = problem.cost(torch.cat([b, b_anti]), repeat_params(params, 2))
+    diff = (f[n:] - f[:n]).detach()
+    return b, b_anti, diff, 0.5 * (f[:n] + f[n:])
 
 
 @register_estimator("arm", family="arm", unbiased=True, requires=(bernoulli,), evals=2)
@@ -45,6 +48,6 @@ def arm(problem: Problem, n: int) -> dict[str, Tensor]:
     q = problem.distribution(**params)
     logits = q.logits.detach()
     u = open_uniform(logits.shape, logits)
-    _, _, diff = antithetic_costs(problem, u, logits)  # f(b~) - f(b)
+    _, _, diff, direct = antithetic_costs(problem, u, logits, params)  # diff = f(b~) - f(b)
     grad = diff.reshape(n, *[1] * (logits.dim() - 1)) * (u - 0.5)
-    return check_estimates(problem, n, native_to_params(q, {"logits": grad}, params))
+    return check_estimates(problem, n, native_to_params(q, {"logits": grad}, params, direct))

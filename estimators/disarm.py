@@ -16,12 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, native_to_params
-from estimators._relaxations import open_uniform
-from estimators.arm import antithetic_costs
-from estimators.registry import register_estimator
-from estimators.requirements import bernoulli
+from gradbench.core.autograd import check_estimates, native_to_params
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import bernoulli
+from gradbench.estimators._relaxations import open_uniform
+from gradbench.estimators.arm import antithetic_costs
 
 
 @register_estimator("disarm", family="arm", unbiased=True, requires=(bernoulli,), evals=2)
@@ -31,7 +31,7 @@ def disarm(problem: Problem, n: int) -> dict[str, Tensor]:
     q = problem.distribution(**params)
     logits = q.logits.detach()
     u = open_uniform(logits.shape, logits)
-    b, b_anti, diff = antithetic_costs(problem, u, logits)  # diff = f(b~) - f(b)
+    b, b_anti, diff, direct = antithetic_costs(problem, u, logits, params)  # f(b~) - f(b)
     weight = (1 - 2 * b_anti) * (b != b_anti).to(u.dtype) * torch.sigmoid(logits.abs())
     grad = -0.5 * diff.reshape(n, *[1] * (logits.dim() - 1)) * weight
-    return check_estimates(problem, n, native_to_params(q, {"logits": grad}, params))
+    return check_estimates(problem, n, native_to_params(q, {"logits": grad}, params, direct))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.enumeration import exact_gradient, support_size
-from bench.problem import Problem
-from estimators._autograd import check_estimates
-from estimators.registry import register_estimator
-from estimators.requirements import enumerable_support
+from gradbench.core.autograd import check_estimates
+from gradbench.core.enumeration import exact_gradient, support_size
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import enumerable_support
 
 
 def _evals(problem: Problem, **_: object) -> float:

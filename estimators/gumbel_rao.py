@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, per_sample_grad
-from estimators._relaxations import check_tau, discrete_view, require, tau_hyperparam
-from estimators.registry import Hyperparam, register_estimator
-from estimators.requirements import discrete, relaxed_cost
+from gradbench.core.autograd import check_estimates, per_sample_grad
+from gradbench.core.estimator import Hyperparam, register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import discrete, relaxed_cost
+from gradbench.estimators._relaxations import check_tau, discrete_view, require, tau_hyperparam
 
 
 def _check_m(value: int) -> str | None:
@@ -47,4 +47,4 @@ def gumbel_rao(problem: Problem, n: int, tau: float = 0.5, m: int = 10) -> dict[
     noise = (d.conditional(b, copies=m) - d.logits).detach()  # [m, n, ...]
     y = d.relax(d.logits + noise, tau).mean(0)
     z_st = b + y - y.detach()
-    return check_estimates(problem, n, per_sample_grad(problem.cost(z_st), params))
+    return check_estimates(problem, n, per_sample_grad(problem.cost(z_st, params), params))

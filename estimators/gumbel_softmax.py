@@ -14,11 +14,16 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, per_sample_grad
-from estimators._relaxations import check_tau, relaxed_distribution, require, tau_hyperparam
-from estimators.registry import register_estimator
-from estimators.requirements import discrete, relaxed_cost
+from gradbench.core.autograd import check_estimates, per_sample_grad
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import discrete, relaxed_cost
+from gradbench.estimators._relaxations import (
+    check_tau,
+    relaxed_distribution,
+    require,
+    tau_hyperparam,
+)
 
 
 @register_estimator(
@@ -35,4 +40,4 @@ def gumbel_softmax(problem: Problem, n: int, tau: float = 0.5) -> dict[str, Tens
     require(check_tau(tau))
     params = problem.expand_params(n, requires_grad=True)
     y = relaxed_distribution(problem.distribution(**params), tau).rsample()
-    return check_estimates(problem, n, per_sample_grad(problem.cost(y), params))
+    return check_estimates(problem, n, per_sample_grad(problem.cost(y, params), params))

@@ -29,10 +29,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Beta, Dirichlet, Distribution, Exponential, Gamma, Normal, Weibull
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, per_sample_grad
-from estimators.registry import Requirement, register_estimator
-from estimators.requirements import differentiable_cost
+from gradbench.core.autograd import check_estimates, per_sample_grad
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import Requirement, differentiable_cost
 
 # torch's rsample for these is implicit reparameterization (Chi2 is a subclass of Gamma).
 TORCH_IMPLICIT = (Gamma, Beta, Dirichlet)
@@ -109,4 +109,4 @@ def implicit(problem: Problem, n: int) -> dict[str, Tensor]:
     params = problem.expand_params(n, requires_grad=True)
     # Per-sample parameter rows, so one backward pass gives row i = grad_theta f(z_i).
     z = implicit_sample(problem.distribution(**params))
-    return check_estimates(problem, n, per_sample_grad(problem.cost(z), params))
+    return check_estimates(problem, n, per_sample_grad(problem.cost(z, params), params))

@@ -25,10 +25,10 @@ from torch.distributions import (
     Weibull,
 )
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, per_sample_grad
-from estimators.registry import Requirement, register_estimator
-from estimators.requirements import differentiable_cost
+from gradbench.core.autograd import check_estimates, per_sample_grad
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import Requirement, differentiable_cost
 
 # Distributions whose inverse CDF is not closed form but whose CDF the implicit estimator can
 # differentiate (named in the reason so the user knows where to go instead).
@@ -97,4 +97,4 @@ def inverse_cdf_estimator(problem: Problem, n: int) -> dict[str, Tensor]:
     # differentiable in theta, and f is differentiable (Leibniz under E_u).
     u = uniform_draws(q.batch_shape + q.event_shape, problem.dtype, problem.device)
     z = inverse_cdf(q, u)
-    return check_estimates(problem, n, per_sample_grad(problem.cost(z), params))
+    return check_estimates(problem, n, per_sample_grad(problem.cost(z, params), params))

@@ -25,10 +25,11 @@ import math
 import torch
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, native_to_params
-from estimators.registry import Hyperparam, register_estimator
-from estimators.requirements import gaussian
+from gradbench.core.autograd import check_estimates, detached, native_to_params
+from gradbench.core.capabilities import SeparableCost
+from gradbench.core.estimator import Hyperparam, register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import gaussian
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 # Largest perturbed batch [n, coordinates, dim] built at once for a non-separable cost.
@@ -41,10 +42,11 @@ def _num_coordinates(problem: Problem) -> int:
 
 
 def _evals(problem: Problem, coupled: bool = True, **_: object) -> float:
-    """4 (separable cost) or 4 x dim"""
+    """4 (separable cost) or 4 x dim (+1 for a cost's direct term)"""
     # Separable: four term-batches over all coordinates at once, i.e. four f-evaluations' work.
     # Otherwise f is re-evaluated in full for each coordinate and each of the four terms.
-    return 4.0 if problem.cost_terms is not None else 4.0 * _num_coordinates(problem)
+    weak = 4.0 if problem.offers(SeparableCost) else 4.0 * _num_coordinates(problem)
+    return weak + (1.0 if problem.cost_depends_on_params() else 0.0)
 
 
 def _chi2_squared(like: Tensor) -> Tensor:
@@ -72,18 +74,21 @@ def _double_sided_maxwell(like: Tensor) -> Tensor:
 
 
 def _replaced_costs(
-    problem: Problem, base: Tensor | None, values: Tensor, shape: torch.Size
+    problem: Problem, base: Tensor | None, values: Tensor, shape: torch.Size,
+    params: dict[str, Tensor],
 ) -> Tensor:
     """[n, D]: column i = f(base with coordinate i := values[:, i]), up to a term that does not
-    depend on values[:, i] (so differences between two calls are exact).
+    depend on values[:, i] (so differences between two calls are exact). `params`: the per-sample
+    parameters, cut from the graph (the weak derivative differentiates q, not f).
 
     Separable costs: just the i-th term f_i(values_i), all coordinates in one call. Otherwise the
     full cost of [n, C, D] perturbed copies, C coordinates per call so memory stays bounded.
     """
     n, d = values.shape
+    separable = problem.offers(SeparableCost)
     with torch.no_grad():
-        if problem.cost_terms is not None:
-            return problem.cost_terms(values.reshape(n, *shape)).reshape(n, d)
+        if separable is not None:
+            return separable.terms(values.reshape(n, *shape), params).reshape(n, d)
         assert base is not None
         width = max(1, _MAX_ELEMENTS // max(1, n * d))
         columns = []
@@ -92,7 +97,9 @@ def _replaced_costs(
             batch = base.unsqueeze(1).repeat(1, stop - start, 1)  # [n, C, D]
             rows = torch.arange(stop - start, device=values.device)
             batch[:, rows, start + rows] = values[:, start:stop]
-            cost = problem.cost(batch.reshape(n * (stop - start), *shape))
+            # Row i * C + c of the batch goes with sample i's parameters.
+            repeated = {k: v.repeat_interleave(stop - start, dim=0) for k, v in params.items()}
+            cost = problem.cost(batch.reshape(n * (stop - start), *shape), repeated)
             columns.append(cost.reshape(n, stop - start))
         return torch.cat(columns, dim=1)
 
@@ -116,7 +123,7 @@ def measure_valued(problem: Problem, n: int, coupled: bool = True) -> dict[str, 
     loc = q.loc.detach().reshape(n, -1)
     scale = q.scale.detach().reshape(n, -1)
     # z_{-i}: one draw from q shared by every coordinate's four terms (unused if separable).
-    base = None if problem.cost_terms is not None else q.sample().reshape(n, -1)
+    base = None if problem.offers(SeparableCost) else q.sample().reshape(n, -1)
 
     w_plus = _rayleigh(loc)
     w_minus = w_plus if coupled else _rayleigh(loc)
@@ -126,11 +133,16 @@ def measure_valued(problem: Problem, n: int, coupled: bool = True) -> dict[str, 
     # half-normal), and M's independent fair sign makes it symmetric: phi(y) on R.
     eps = maxwell * torch.rand_like(loc) if coupled else torch.randn_like(loc)
 
+    cut = detached(params)
+
     def costs(values: Tensor) -> Tensor:
-        return _replaced_costs(problem, base, values, shape)
+        return _replaced_costs(problem, base, values, shape, cut)
 
     grad_loc = (costs(loc + scale * w_plus) - costs(loc - scale * w_minus)) / (scale * _SQRT_2PI)
     grad_scale = (costs(loc + scale * maxwell) - costs(loc + scale * eps)) / scale
     native = {"loc": grad_loc.reshape(q.loc.shape), "scale": grad_scale.reshape(q.scale.shape)}
+    # A cost that depends on theta adds its direct term E[grad_theta f_theta(z)], estimated at
+    # one more draw z ~ q (the weak derivative above covers only theta's effect through q).
+    direct = problem.cost(q.sample(), params) if problem.cost_depends_on_params() else None
     # Estimates are w.r.t. (loc, scale); the chain rule maps them to the problem's parameters.
-    return check_estimates(problem, n, native_to_params(q, native, params))
+    return check_estimates(problem, n, native_to_params(q, native, params, direct))

@@ -22,11 +22,11 @@ import math
 import torch
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, log_prob_sum, per_sample_grad
-from estimators._relaxations import check_tau, discrete_view, require, tau_hyperparam
-from estimators.registry import Hyperparam, register_estimator
-from estimators.requirements import discrete, relaxed_cost
+from gradbench.core.autograd import check_estimates, detached, log_prob_sum, per_sample_grad
+from gradbench.core.estimator import Hyperparam, register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import discrete, relaxed_cost
+from gradbench.estimators._relaxations import check_tau, discrete_view, require, tau_hyperparam
 
 
 def _check_eta(value: float) -> str | None:
@@ -56,8 +56,13 @@ def rebar(problem: Problem, n: int, tau: float = 0.5, eta: float = 1.0) -> dict[
     z = d.perturb()
     b = d.hard(z)
     z_cond = d.conditional(b)
-    costs = problem.cost(torch.cat([b, d.relax(z, tau), d.relax(z_cond, tau)]))
-    f_b, f_z, f_cond = costs.detach()[:n], costs[n:2 * n], costs[2 * n:]
+    # f(b) with live parameters (its gradient is the cost's direct term, 0 for f of b alone); the
+    # control variate's two evaluations with the parameters cut, so it adds no direct term.
+    cut = detached(params)
+    costs = problem.cost(torch.cat([b, d.relax(z, tau), d.relax(z_cond, tau)]),
+                         {k: torch.cat([params[k], cut[k], cut[k]]) for k in params})
+    f_b, f_z, f_cond = costs[:n], costs[n:2 * n], costs[2 * n:]
     # Row i's surrogate differentiates to g_i; the score coefficient is a constant.
-    surrogate = (f_b - eta * f_cond.detach()) * log_prob_sum(q, b) + eta * (f_z - f_cond)
+    surrogate = ((f_b.detach() - eta * f_cond.detach()) * log_prob_sum(q, b) + f_b
+                 + eta * (f_z - f_cond))
     return check_estimates(problem, n, per_sample_grad(surrogate, params))

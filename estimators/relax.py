@@ -37,11 +37,17 @@ import math
 import torch
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, log_prob_sum, per_sample_grad
-from estimators._relaxations import Discrete, check_tau, discrete_view, require, tau_hyperparam
-from estimators.registry import Hyperparam, register_estimator
-from estimators.requirements import discrete, relaxed_cost
+from gradbench.core.autograd import check_estimates, detached, log_prob_sum, per_sample_grad
+from gradbench.core.estimator import Hyperparam, register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import discrete, relaxed_cost
+from gradbench.estimators._relaxations import (
+    Discrete,
+    check_tau,
+    discrete_view,
+    require,
+    tau_hyperparam,
+)
 
 HIDDEN = 16
 
@@ -66,17 +72,21 @@ def _check_all(tau: float, warmup_steps: int, warmup_batch: int, lr: float) -> N
 
 
 def _surrogate(problem: Problem, d: Discrete, phi: dict[str, Tensor], zs: list[Tensor],
-               b: Tensor) -> tuple[Tensor, list[Tensor]]:
-    """f(b) [n] and c_phi at each z in zs ([n] each), with one batched cost call."""
+               b: Tensor, params: dict[str, Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """f(b) [n] (with its graph in the parameters: the cost's direct term) and c_phi at each z
+    in zs ([n] each), with one batched cost call. c_phi sees the parameters cut from the graph,
+    so the control variate adds no direct term of its own."""
     n = b.shape[0]
     ys = [d.relax(z, phi["log_tau"].exp()) for z in zs]
-    costs = problem.cost(torch.cat([b, *ys]))
+    cut = detached(params)
+    costs = problem.cost(torch.cat([b, *ys]),
+                         {k: torch.cat([params[k], *[cut[k]] * len(ys)]) for k in params})
     values = []
     for k, y in enumerate(ys):
         hidden = torch.tanh(y.reshape(n, -1) @ phi["w1"].T + phi["b1"])
         mlp = hidden @ phi["w2"] + phi["b2"]
         values.append(phi["eta"] * costs[(k + 1) * n:(k + 2) * n] + mlp)
-    return costs[:n].detach(), values
+    return costs[:n], values
 
 
 def _estimates(problem: Problem, n: int, phi: dict[str, Tensor], *, create_graph: bool
@@ -89,14 +99,14 @@ def _estimates(problem: Problem, n: int, phi: dict[str, Tensor], *, create_graph
     b = d.hard(z)
     z_cond = d.conditional(b)
     z_leaf = z_cond.detach().requires_grad_(True)  # z~ cut from th, live in phi
-    f_b, (c_z, c_cond) = _surrogate(problem, d, phi, [z, z_leaf], b)
+    f_b, (c_z, c_cond) = _surrogate(problem, d, phi, [z, z_leaf], b, params)
     # retain_graph: c(z) shares the batched cost call's graph, still needed below.
     (dc_cond,) = torch.autograd.grad(c_cond.sum(), z_leaf, create_graph=create_graph,
                                      retain_graph=True)
     if not create_graph:
         c_cond, dc_cond = c_cond.detach(), dc_cond.detach()
     # d/dth: (f(b) - c(z~)) grad log p(b) + grad c(z) - (dc/dz~) dz~/dth.
-    surrogate = ((f_b - c_cond) * log_prob_sum(q, b) + c_z
+    surrogate = ((f_b.detach() - c_cond) * log_prob_sum(q, b) + f_b + c_z
                  - (dc_cond * z_cond).reshape(n, -1).sum(-1))
     if not create_graph:
         return per_sample_grad(surrogate, params)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, log_prob_sum, per_sample_grad
-from estimators.registry import Hyperparam, register_estimator
-from estimators.requirements import has_log_prob
+from gradbench.core.autograd import check_estimates, log_prob_sum, per_sample_grad
+from gradbench.core.estimator import Hyperparam, register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import has_log_prob
 
 # Pilot draws per pass: bounds the memory of the per-sample score rows.
 _PILOT_CHUNK = 65536
@@ -18,14 +18,16 @@ def _check_pilot(value: int) -> str | None:
     return None if value >= 2 else f"pilot must be at least 2, not {value}"
 
 
-def _scored_samples(problem: Problem, n: int) -> tuple[Tensor, dict[str, Tensor]]:
-    """n draws z ~ q: f(z) [n] and the per-sample scores grad log q(z), each [n, *shape]."""
+def _scored_samples(problem: Problem, n: int, direct: bool = False
+                    ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor] | None]:
+    """n draws z ~ q: f(z) [n], the per-sample scores grad log q(z), each [n, *shape], and (with
+    `direct`, for a cost that depends on theta) the per-sample direct terms grad_theta f(z)."""
     params = problem.expand_params(n, requires_grad=True)
     q = problem.distribution(**params)
     z = q.sample()
-    with torch.no_grad():
-        f = problem.cost(z)
-    return f, per_sample_grad(log_prob_sum(q, z), params)
+    f = problem.cost(z, params)
+    scores = per_sample_grad(log_prob_sum(q, z), params)
+    return f.detach(), scores, per_sample_grad(f, params) if direct else None
 
 
 def warmup(problem: Problem, pilot: int = 1000, **_: object) -> dict[str, Tensor]:
@@ -41,7 +43,7 @@ def warmup(problem: Problem, pilot: int = 1000, **_: object) -> dict[str, Tensor
     num = {name: torch.zeros_like(value) for name, value in problem.params.items()}
     den = {name: torch.zeros_like(value) for name, value in problem.params.items()}
     for start in range(0, pilot, _PILOT_CHUNK):  # chunks of samples, not a per-sample loop
-        f, scores = _scored_samples(problem, min(_PILOT_CHUNK, pilot - start))
+        f, scores, _ = _scored_samples(problem, min(_PILOT_CHUNK, pilot - start))
         for name, s in scores.items():
             s2 = s.square()
             num[name] += (f.reshape(-1, *[1] * (s.dim() - 1)) * s2).sum(0)
@@ -72,11 +74,12 @@ def score_function_cv(
     if state is None:
         # Fitting here would hide `pilot` evaluations from the cost accounting.
         raise ValueError("score-function-cv needs state=warmup(problem, pilot=...) first")
-    f, scores = _scored_samples(problem, n)
+    f, scores, direct = _scored_samples(problem, n, problem.cost_depends_on_params())
     # c is fixed before these draws, so E[(f - c) s] = E[f s] - c E[s] = E[f s]: unbiased, and
-    # the n rows stay i.i.d. given c.
+    # the n rows stay i.i.d. given c. A cost's direct term is added as it is.
     estimates = {
         name: (f.reshape(-1, *[1] * (s.dim() - 1)) - state[name]) * s
+        + (direct[name] if direct is not None else 0.0)
         for name, s in scores.items()
     }
     return check_estimates(problem, n, estimates)

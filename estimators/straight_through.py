@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, per_sample_grad
-from estimators.registry import register_estimator
-from estimators.requirements import discrete, relaxed_cost
+from gradbench.core.autograd import check_estimates, per_sample_grad
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import discrete, relaxed_cost
 
 
 @register_estimator(
@@ -33,4 +33,4 @@ def straight_through(problem: Problem, n: int) -> dict[str, Tensor]:
     b = q.sample()
     probs = q.probs  # differentiable in the per-sample leaves, whatever the parameterization
     z_st = probs + (b - probs).detach()
-    return check_estimates(problem, n, per_sample_grad(problem.cost(z_st), params))
+    return check_estimates(problem, n, per_sample_grad(problem.cost(z_st, params), params))

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.problem import Problem
-from estimators._autograd import check_estimates, per_sample_grad
-from estimators._relaxations import check_tau, discrete_view, require, tau_hyperparam
-from estimators.registry import register_estimator
-from estimators.requirements import discrete, relaxed_cost
+from gradbench.core.autograd import check_estimates, per_sample_grad
+from gradbench.core.estimator import register_estimator
+from gradbench.core.problem import Problem
+from gradbench.core.requirements import discrete, relaxed_cost
+from gradbench.estimators._relaxations import check_tau, discrete_view, require, tau_hyperparam
 
 
 @register_estimator(
@@ -33,4 +33,4 @@ def straight_through_gumbel(problem: Problem, n: int, tau: float = 0.5) -> dict[
     z = d.perturb()
     y = d.relax(z, tau)
     z_st = d.hard(z) + y - y.detach()
-    return check_estimates(problem, n, per_sample_grad(problem.cost(z_st), params))
+    return check_estimates(problem, n, per_sample_grad(problem.cost(z_st, params), params))

@@ -10,7 +10,8 @@ against an injected variance inflation.
         --part "gaussian-exp --samples 100000" --part "gaussian-cos --samples 100000"
 
 Phase 1 (expensive, cached): for seeds 1000, 1001, ... run every part once through the real
-runner (`bench.runner.execute`, the code path of `bench run`), one results folder per part and
+runner (`gradbench.app.execute.execute`, the code path of `bench run`), one results folder
+per part and
 seed under --cache. Cached runs are reused, so the experiment can be grown or re-analysed for
 free; all runs are made by one process, so they use the same code even if files change meanwhile.
 A part is `SUITE [--set KEY=V1,V2]... [--samples N] [--keep KEY=V1,V2]...`; --keep selects cells
@@ -19,7 +20,8 @@ a cell's numbers do not depend on which other cells ran (a cached full grid serv
 
 Phase 2 (cheap): disjoint seed pairs (0, 1), (2, 3), ..., so pairs are independent and a
 binomial confidence interval is honest; each seed's results are all its parts together.
-  - null: `bench.check.compare(current=seed 2i+1, baseline=seed 2i)`; a false alarm is a pair
+  - null: `gradbench.app.check.compare(current=seed 2i+1, baseline=seed 2i)`; a false alarm is
+    a pair
     where anything is flagged (variance or bias regression).
   - power: the same pairs with every current row's variance and variance_se multiplied by the
     inflation factor. That is exactly what the degraded estimator mean + sqrt(c) (X - mean) would
@@ -50,8 +52,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import check, runner, store  # noqa: E402
-from bench.errors import BenchError  # noqa: E402
+from gradbench.app import check, execute, planning  # noqa: E402
+from gradbench.app.errors import BenchError  # noqa: E402
+from gradbench.results import decisions, store  # noqa: E402
 
 BASE_SEED = 1000
 
@@ -80,9 +83,9 @@ class Part:
                              "[--keep K=V,...]") from None
         return Part(spec, parsed.suite, tuple(parsed.set), parsed.samples, tuple(parsed.keep))
 
-    def request(self, estimators: tuple[str, ...], seed: int) -> runner.RunRequest:
-        return runner.RunRequest(suite=self.suite, estimators=estimators,
-                                 overrides=runner.parse_assignments(self.sets),
+    def request(self, estimators: tuple[str, ...], seed: int) -> planning.RunRequest:
+        return planning.RunRequest(suite=self.suite, estimators=estimators,
+                                 overrides=planning.parse_assignments(self.sets),
                                  samples=self.samples, seed=seed)
 
     def folder(self, cache: Path, estimators: tuple[str, ...]) -> Path:
@@ -93,7 +96,7 @@ class Part:
         return cache / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
     def select(self, frame: pd.DataFrame) -> pd.DataFrame:
-        for key, values in runner.parse_assignments(self.keep).items():
+        for key, values in planning.parse_assignments(self.keep).items():
             if key not in frame:
                 raise BenchError(f"--keep {key}: no such column in {self.suite} results")
             column = frame[key]
@@ -107,17 +110,19 @@ def finished_run(folder: Path) -> Path | None:
     """The finished run under a seed's folder, if any (a run is finished when _run.json says so)."""
     if not folder.is_dir():
         return None
-    for run_dir in sorted(folder.iterdir()):
-        meta = run_dir / store.RUN_FILE
-        if meta.is_file() and "finished_at" in json.loads(meta.read_text()):
-            return run_dir
+    for run_dir in sorted(p for p in folder.iterdir() if not p.name.startswith(("_", "."))):
+        try:
+            if "finished_at" in store.read_run_json(run_dir):
+                return run_dir
+        except ValueError:  # no metadata: an unfinished or foreign folder
+            continue
     return None
 
 
-def check_cached(run_dir: Path, request: runner.RunRequest) -> None:
+def check_cached(run_dir: Path, request: planning.RunRequest) -> None:
     """A cached run must have been made with the options asked for now."""
     made = store.read_run_json(run_dir).get("request", {})
-    asked = runner.request_to_json(request)
+    asked = execute.request_to_json(request)
     if made != asked:
         raise BenchError(f"{run_dir} was made with other options ({made}); give another --cache "
                          "for these options")
@@ -140,7 +145,7 @@ def generate(args: argparse.Namespace, parts: list[Part]) -> list[list[Path]]:
                 start = time.perf_counter()
                 # A half-finished run from an interrupted call is resumed, not duplicated.
                 partial = sorted(folder.iterdir()) if folder.is_dir() else []
-                outcome = runner.execute(request, folder, command="scripts/calibrate_check.py",
+                outcome = execute.execute(request, folder, command="scripts/calibrate_check.py",
                                          run_id=partial[0].name if partial else None)
                 done = outcome.run_dir
                 print(f"seed {seed} {part.spec}: {len(outcome.plan.cells)} cells in "
@@ -277,7 +282,7 @@ def analyse(args: argparse.Namespace, parts: list[Part], seeds: list[list[Path]]
     # ---- calibration of the per-row statistics in the tail
     z = pd.concat(z_null, ignore_index=True)
     thresholds = (2.0, 3.0, 3.5, 4.0, 4.5, 5.0)
-    nominal = check.normal_sf(np.array(thresholds))
+    nominal = decisions.normal_sf(np.array(thresholds))
     for column, sides, title in (("z_variance", 1, "variance z (one-sided): P(z > t)"),
                                  ("z_bias", 2, "bias |z| (two-sided): P(|z| > t)")):
         print(f"\nnull calibration, {title}, observed / nominal, all rows of all pairs:")

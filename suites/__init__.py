@@ -1,13 +1,40 @@
-"""Problem suites. Adding one: a new module in this package with a `@register_suite` builder.
-Every module here is imported on first use of the registry."""
+"""Problem suites, one family per module. Adding one: a new module with a `@register_suite`
+builder (here, or in any package registered as a plugin). What a suite needs is re-exported
+here."""
 
 import importlib
 import pkgutil
 
-from suites.registry import Setting, Suite, all_suites, get_suite, register_suite
+from gradbench.core.capabilities import (
+    CostGradient,
+    DifferentiableCost,
+    GaussianLinearLayer,
+    RelaxedCost,
+    SeparableCost,
+)
+from gradbench.core.params import at_least, between, finite, one_of, positive
+from gradbench.core.problem import Problem
+from gradbench.core.suite import Setting, Suite, all_suites, get_suite, register_suite
 
 for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_") and _module.name != "registry":
+    if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Setting", "Suite", "all_suites", "get_suite", "register_suite"]
+__all__ = [
+    "CostGradient",
+    "DifferentiableCost",
+    "GaussianLinearLayer",
+    "Problem",
+    "RelaxedCost",
+    "SeparableCost",
+    "Setting",
+    "Suite",
+    "all_suites",
+    "at_least",
+    "between",
+    "finite",
+    "get_suite",
+    "one_of",
+    "positive",
+    "register_suite",
+]

@@ -39,11 +39,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Bernoulli
 
-from bench import enumeration
-from bench.problem import Problem
-from bench.seeding import derive_seed
-from bench.statistics import Moments
-from suites.registry import Setting, at_least, finite, register_suite
+from gradbench.core import enumeration
+from gradbench.core.capabilities import DifferentiableCost, RelaxedCost, SeparableCost
+from gradbench.core.moments import Moments
+from gradbench.core.params import at_least, finite
+from gradbench.core.problem import Problem
+from gradbench.core.seeding import derive_seed
+from gradbench.core.suite import Setting, register_suite
 
 # ---------------------------------------------------------------- shared pieces
 
@@ -54,8 +56,8 @@ def probability(value: float) -> str | None:
     return None if 0 < value < 1 else "must be strictly between 0 and 1"
 
 
-def _quadratic_terms(t: float) -> Callable[[Tensor], Tensor]:
-    def terms(b: Tensor) -> Tensor:
+def _quadratic_terms(t: float) -> Callable[..., Tensor]:
+    def terms(b: Tensor, params: object = None) -> Tensor:
         # Defined on the relaxation [0, 1] too, and differentiable there: d/db = 2 (b - t).
         return (b - t) ** 2
 
@@ -77,16 +79,14 @@ def _separable_problem(
 ) -> Problem:
     terms = _quadratic_terms(t)
 
-    def cost(b: Tensor) -> Tensor:
+    def cost(b: Tensor, params: object = None) -> Tensor:
         return terms(b).sum(dim=-1)
 
     return Problem(
         params={name: torch.full((dim,), value, device=device, dtype=dtype)},
         distribution=distribution,
         cost=cost,
-        cost_terms=terms,
-        differentiable_cost=True,
-        cost_accepts_relaxed=True,
+        capabilities=(SeparableCost(terms), DifferentiableCost(), RelaxedCost()),
         exact_gradient={name: torch.full((dim,), grad, device=device, dtype=dtype)},
         truth_method="analytic",
         settings=settings,
@@ -135,6 +135,7 @@ def _t_setting(default: tuple[float, ...]) -> Setting:
 # estimates per estimator: seconds on one core.
 @register_suite(
     "bernoulli-toy",
+    offers=(SeparableCost, DifferentiableCost, RelaxedCost),
     settings=(
         Setting("theta", float, (0.0, 2.0, -2.5), "logit of every coordinate, p = sigmoid(theta)",
                 finite),
@@ -161,6 +162,7 @@ def bernoulli_toy(
 # 2 (p - t) = -0.4 at p = 0.25 (wrong sign) and +0.6 at p = 0.75. Samples as for bernoulli-toy.
 @register_suite(
     "bernoulli-probs",
+    offers=(SeparableCost, DifferentiableCost, RelaxedCost),
     settings=(
         Setting("p", float, (0.25, 0.75), "P(b_i = 1) of every coordinate (the parameter)",
                 probability),
@@ -207,8 +209,8 @@ def coupled_network(dim: int, hidden: int, net_seed: int) -> tuple[Tensor, Tenso
     return w, c, v
 
 
-def _network_cost(w: Tensor, c: Tensor, v: Tensor) -> Callable[[Tensor], Tensor]:
-    def cost(b: Tensor) -> Tensor:
+def _network_cost(w: Tensor, c: Tensor, v: Tensor) -> Callable[..., Tensor]:
+    def cost(b: Tensor, params: object = None) -> Tensor:
         # .to is a no-op when b already has the network's dtype and device; it lets the float64
         # enumeration and relaxed float inputs of any dtype through.
         ww, cc, vv = (x.to(dtype=b.dtype, device=b.device) for x in (w, c, v))
@@ -290,9 +292,8 @@ def _coupled_problem_without_truth(
         params={"logits": torch.full((dim,), theta, device=device, dtype=dtype)},
         distribution=_logits_bernoulli,
         cost=_network_cost(w, c, v),
-        cost_terms=None,  # f does not split over coordinates
-        differentiable_cost=True,
-        cost_accepts_relaxed=True,  # tanh(W b + c) is smooth on [0, 1]^dim
+        # f does not split over coordinates; tanh(W b + c) is smooth on [0, 1]^dim.
+        capabilities=(DifferentiableCost(), RelaxedCost()),
         settings={"dim": dim, "theta": theta, "hidden": hidden, "net_seed": net_seed},
     )
 
@@ -350,6 +351,7 @@ def build_coupled(
 # see sqrt(5000 / 32768) = 0.39. bias_se adds truth_se in quadrature, so it stays honest anyway.
 @register_suite(
     "bernoulli-coupled",
+    offers=(DifferentiableCost, RelaxedCost),
     settings=(
         Setting("dim", int, (12, 200), "number of Bernoulli coordinates (enumerated truth up to "
                 "16, a reference estimate beyond)", at_least(1)),

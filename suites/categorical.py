@@ -20,8 +20,10 @@ import torch
 from torch import Tensor
 from torch.distributions import OneHotCategorical
 
-from bench.problem import Problem
-from suites.registry import Setting, at_least, finite, register_suite
+from gradbench.core.capabilities import DifferentiableCost, RelaxedCost, SeparableCost
+from gradbench.core.params import at_least, finite
+from gradbench.core.problem import Problem
+from gradbench.core.suite import Setting, register_suite
 
 
 def class_values(categories: int, device: torch.device | str = "cpu",
@@ -58,6 +60,7 @@ def _one_hot(logits: Tensor) -> OneHotCategorical:
 # coordinate estimates per cell.
 @register_suite(
     "categorical",
+    offers=(SeparableCost, DifferentiableCost, RelaxedCost),
     settings=(
         Setting("categories", int, (3, 10), "classes per coordinate (C)", at_least(2)),
         Setting("dim", int, (1, 4), "number of independent one-hot coordinates", at_least(1)),
@@ -74,11 +77,11 @@ def categorical(
     """f(z) = sum_i (z_i . v - t)^2, z_i ~ OneHotCategorical(logits): non-linear on the simplex."""
     values = class_values(categories, device, dtype)
 
-    def terms(z: Tensor) -> Tensor:
+    def terms(z: Tensor, params: object = None) -> Tensor:
         # z [n, dim, C] one-hot or on the simplex -> [n, dim]; .to lets other dtypes through.
         return (z @ values.to(dtype=z.dtype, device=z.device) - t) ** 2
 
-    def cost(z: Tensor) -> Tensor:
+    def cost(z: Tensor, params: object = None) -> Tensor:
         return terms(z).sum(dim=-1)
 
     logits = base_logits(scale, categories, device, dtype).expand(dim, categories).contiguous()
@@ -88,9 +91,7 @@ def categorical(
         params={"logits": logits},
         distribution=_one_hot,
         cost=cost,
-        cost_terms=terms,
-        differentiable_cost=True,
-        cost_accepts_relaxed=True,
+        capabilities=(SeparableCost(terms), DifferentiableCost(), RelaxedCost()),
         exact_gradient={"logits": grad.to(device=device, dtype=dtype).contiguous()},
         truth_method="analytic",
         settings={"categories": categories, "dim": dim, "scale": scale, "t": t},

@@ -17,8 +17,10 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from bench.problem import Problem
-from suites.registry import Setting, at_least, finite, positive, register_suite
+from gradbench.core.capabilities import CostGradient, DifferentiableCost, SeparableCost
+from gradbench.core.params import at_least, finite, positive
+from gradbench.core.problem import Problem
+from gradbench.core.suite import Setting, register_suite
 
 Expectation = Callable[[Tensor, Tensor, float], Tensor]
 
@@ -79,9 +81,9 @@ def _gaussian_problem(
     dim: int,
     device: torch.device,
     dtype: torch.dtype,
-    terms_grad: Callable[[Tensor], Tensor] | None = None,
+    terms_grad: Callable[[Tensor], Tensor],
 ) -> Problem:
-    def cost(z: Tensor) -> Tensor:
+    def cost(z: Tensor, params: object = None) -> Tensor:
         return terms(z).sum(dim=-1)
 
     return Problem(
@@ -91,13 +93,12 @@ def _gaussian_problem(
         },
         distribution=_normal,
         cost=cost,
-        cost_terms=terms,
-        differentiable_cost=True,
         exact_gradient=_exact_gradient(expectation, mu, sigma, k, dim, device, dtype),
         truth_method="analytic",
         settings={"mu": mu, "sigma": sigma, "k": k, "dim": dim},
         # Separable: df/dz_i = f_i'(z_i), so the terms' derivative is the cost's gradient.
-        cost_grad=terms_grad,
+        capabilities=(SeparableCost(lambda z, params=None: terms(z)), DifferentiableCost(),
+                      CostGradient(lambda z, params=None: terms_grad(z))),
     )
 
 
@@ -130,6 +131,7 @@ def _settings(
 # known to ~2% (relative SE sqrt(2/n) for near-normal estimates).
 @register_suite(
     "gaussian-quadratic",
+    offers=(SeparableCost, DifferentiableCost, CostGradient),
     settings=_settings(
         mu=(1.0,),
         sigma=(0.1, 1.0, 10.0),
@@ -175,6 +177,7 @@ def _exp_expectation_finite(sigma: float, k: float, **_: object) -> str | None:
 # narrow relative to q (most samples see f ~ 0); sigma = 0.25 makes q narrow relative to it.
 @register_suite(
     "gaussian-exp",
+    offers=(SeparableCost, DifferentiableCost, CostGradient),
     settings=_settings(
         mu=(1.5,),
         sigma=(0.25, 1.0, 3.0),
@@ -210,6 +213,7 @@ def gaussian_exp(
 # error is large there.
 @register_suite(
     "gaussian-cos",
+    offers=(SeparableCost, DifferentiableCost, CostGradient),
     settings=_settings(
         mu=(0.7,),
         sigma=(0.25, 1.0),

@@ -34,9 +34,11 @@ import torch
 from torch import Tensor
 from torch.distributions import Exponential, Gamma, Weibull
 
-from bench.errors import unknown_name
-from bench.problem import Problem
-from suites.registry import Setting, at_least, positive, register_suite
+from gradbench.core.capabilities import DifferentiableCost, SeparableCost
+from gradbench.core.names import unknown_name
+from gradbench.core.params import at_least, positive
+from gradbench.core.problem import Problem
+from gradbench.core.suite import Setting, register_suite
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -176,10 +178,10 @@ def _positive_problem(
         raise unknown_name(f"cost for the {family} suite", cost, expectations)
     term = TERMS[cost]
 
-    def terms(z: Tensor) -> Tensor:
+    def terms(z: Tensor, params: object = None) -> Tensor:
         return term(z, a)
 
-    def total(z: Tensor) -> Tensor:
+    def total(z: Tensor, params: object = None) -> Tensor:
         return terms(z).sum(dim=-1)
 
     settings: dict[str, object] = {**values, "cost": cost}
@@ -191,8 +193,7 @@ def _positive_problem(
                 for name, v in values.items()},
         distribution=distribution,
         cost=total,
-        cost_terms=terms,
-        differentiable_cost=True,
+        capabilities=(SeparableCost(terms), DifferentiableCost()),
         exact_gradient=_exact_gradient(expectations[cost], values, a, dim, device, dtype),
         truth_method="analytic",
         settings=settings,
@@ -274,6 +275,7 @@ def _gamma(concentration: Tensor, rate: Tensor) -> Gamma:
 # gradient -1/rate has zero variance: the reparameterization is exact in log space).
 @register_suite(
     "exponential",
+    offers=(SeparableCost, DifferentiableCost),
     settings=(
         Setting("rate", float, (0.5, 4.0), "rate of every coordinate of z (mean 1/rate)",
                 positive),
@@ -302,6 +304,7 @@ def exponential(
 # 1e4 samples the variance's SE and the normal approximation behind bias/SE are unreliable.
 @register_suite(
     "weibull",
+    offers=(SeparableCost, DifferentiableCost),
     settings=(
         Setting("scale", float, (2.0,), "scale of every coordinate of z", positive),
         Setting("concentration", float, (0.5, 3.0), "shape k of every coordinate of z "
@@ -328,6 +331,7 @@ def weibull(
 # dz/dalpha is large relative to z near 0, where most of the mass sits) and 3 the easy one.
 @register_suite(
     "gamma",
+    offers=(SeparableCost, DifferentiableCost),
     settings=(
         Setting("concentration", float, (0.5, 3.0), "shape alpha of every coordinate of z",
                 positive),

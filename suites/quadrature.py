@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 from torch.distributions import Normal
 
-from bench.problem import Problem
+from gradbench.core.capabilities import SeparableCost
+from gradbench.core.problem import Problem
 
 
 @functools.lru_cache(maxsize=32)
@@ -48,10 +49,11 @@ def _expectation_and_leaves(problem: Problem, nodes: int) -> tuple[Tensor, dict[
     """E[f] in float64 on the problem's device, as a function of fresh float64 parameter leaves."""
     if nodes < 1:
         raise ValueError(f"Gauss-Hermite needs nodes >= 1, not {nodes}")
-    if problem.cost_terms is None:
+    separable = problem.offers(SeparableCost)
+    if separable is None:
         raise ValueError(
-            "Gauss-Hermite quadrature needs a separable cost: this problem has no cost_terms "
-            "(per-coordinate f_i), so E[f] would be a dim-dimensional integral"
+            "Gauss-Hermite quadrature needs a separable cost: this problem offers no "
+            "SeparableCost (per-coordinate f_i), so E[f] would be a dim-dimensional integral"
         )
     device = problem.device
     # Fresh float64 leaves: the truth should not inherit float32 rounding from the problem.
@@ -72,10 +74,11 @@ def _expectation_and_leaves(problem: Problem, nodes: int) -> tuple[Tensor, dict[
     w_t = torch.tensor(w, dtype=torch.float64, device=device)
     shape = (nodes,) + (1,) * loc.dim()
     z = loc.unsqueeze(0) + math.sqrt(2.0) * scale.unsqueeze(0) * x_t.reshape(shape)
-    terms = problem.cost_terms(z)
+    terms = separable.terms(z, leaves)
     if terms.shape != z.shape:
         raise ValueError(
-            f"cost_terms returned shape {tuple(terms.shape)} for samples {tuple(z.shape)}; "
+            f"SeparableCost.terms returned shape {tuple(terms.shape)} for samples "
+            f"{tuple(z.shape)}; "
             "it must return one term per coordinate"
         )
     expectation = (w_t.reshape(shape) * terms).sum()
@@ -91,7 +94,7 @@ def gauss_hermite_expectation(problem: Problem, nodes: int = 64) -> Tensor:
 def gauss_hermite_gradient(problem: Problem, nodes: int = 64) -> dict[str, Tensor]:
     """d E[f] / d params by autograd through the Gauss-Hermite rule, in the problem's
     dtype/device (computed in float64). Raises ValueError unless q is Normal and the cost has
-    cost_terms."""
+    a SeparableCost."""
     expectation, leaves = _expectation_and_leaves(problem, nodes)
     names = list(leaves)
     grads = torch.autograd.grad(expectation, [leaves[n] for n in names], allow_unused=True)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from typer.testing import CliRunner
 
-from bench.cli import app
+from gradbench.app.cli import app
 
 _runner = CliRunner()
 
@@ -30,13 +30,13 @@ class CountingCost:
     """Wraps a batched cost, recording how many rows each call received (vectorisation and
     evaluation-count checks)."""
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+    def __init__(self, fn: Callable[..., Tensor]) -> None:
         self.fn = fn
         self.rows: list[int] = []
 
-    def __call__(self, z: Tensor) -> Tensor:
+    def __call__(self, z: Tensor, params: object = None) -> Tensor:
         self.rows.append(z.shape[0])
-        return self.fn(z)
+        return self.fn(z, params)
 
 
 def assert_estimate_contract(out: dict[str, Tensor], problem, n: int, dtype: torch.dtype) -> None:

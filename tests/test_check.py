@@ -11,13 +11,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import bench
-from bench import check, store
-from bench.cli import app
-from bench.errors import BenchError
-from bench.pytest_plugin import run
-from estimators import get_estimator, register_estimator
-from estimators.registry import _REGISTRY  # to unregister the test-only estimators
+import gradbench
+from gradbench.app import check, check_summary
+from gradbench.app.cli import app
+from gradbench.app.errors import BenchError
+from gradbench.app.pytest_plugin import run
+from gradbench.core.estimator import _REGISTRY  # to unregister the test-only estimators
+from gradbench.core.schema import SCHEMA_VERSION
+from gradbench.estimators import get_estimator, register_estimator
+from gradbench.results import decisions, store
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline"
 
@@ -26,9 +28,15 @@ BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline"
 
 
 def row(**values):
+    """One results row; `settings` and `hyperparams` (the key's JSON) follow the sigma, dim and
+    draws values given, as the runner writes them."""
+    settings = {"sigma": values.get("sigma", 1.0), "dim": values.get("dim", 1)}
+    hyper = {"draws": values["draws"]} if values.get("draws") is not None else {}
     base = {
-        "run_id": "r", "schema_version": 1, "gradbench_version": bench.__version__,
+        "run_id": "r", "schema_version": SCHEMA_VERSION, "gradbench_version": gradbench.__version__,
         "torch_version": torch.__version__, "suite": "toy", "sigma": 1.0, "dim": 1,
+        "settings": store.canonical_json(settings), "hyperparams": store.canonical_json(hyper),
+        "suite_version": 1, "estimator_version": 1, "level": "coord",
         "estimator": "pathwise", "estimator_family": "pathwise", "unbiased": True,
         "device": "cpu", "dtype": "float64", "param": "mu", "coord": 0, "n": 4000,
         "nonfinite": 0, "mean": 1.0, "truth": 1.0, "truth_se": 0.0, "truth_method": "analytic",
@@ -48,12 +56,12 @@ def verdicts(result):
 
 
 def test_normal_tail_and_benjamini_hochberg_by_hand():
-    sf = check.normal_sf(np.array([0.0, 1.959963984540054, 10.0, np.inf, np.nan]))
+    sf = decisions.normal_sf(np.array([0.0, 1.959963984540054, 10.0, np.inf, np.nan]))
     assert sf[0] == 0.5 and sf[1] == pytest.approx(0.025, rel=1e-12)
     assert sf[2] == pytest.approx(7.619853024160527e-24, rel=1e-12)  # far tail: erfc, not 1-cdf
     assert sf[3] == 0.0 and np.isnan(sf[4])
     # m = 4: sorted 0.005, 0.01, 0.03, 0.04 -> p m / rank = 0.02, 0.02, 0.04, 0.04, running min.
-    q = check.benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.005, np.nan]))
+    q = decisions.benjamini_hochberg(np.array([0.01, 0.04, 0.03, 0.005, np.nan]))
     np.testing.assert_allclose(q[:4], [0.02, 0.04, 0.04, 0.02])
     assert np.isnan(q[4])
 
@@ -113,25 +121,37 @@ def test_one_estimators_regression_does_not_lower_the_bar_for_another():
     got = verdicts(result)
     assert all(got[("A", c)] == check.VARIANCE for c in range(1000))
     assert got[("B", 0)] == check.OK
-    p = 2 * check.normal_sf(np.array([3.5]))[0]
+    p = 2 * decisions.normal_sf(np.array([3.5]))[0]
     assert result.rows.set_index("estimator").loc["B", "q_bias"] == pytest.approx(p * 2002)
 
 
-def test_null_hyperparameters_match_columns_absent_on_the_other_side():
-    # Baseline: two estimators in one file, so K is a float column with NaN for pathwise.
-    base = frame(row(estimator="pathwise", K=None), row(estimator="loo", K=4))
-    assert base["K"].isna().iloc[0]
-    # Current: pathwise from a run without any K column, loo with K as an int.
-    cur = pd.concat([frame(row(estimator="pathwise")), frame(row(estimator="loo", K=4))],
-                    ignore_index=True)
+def test_cells_match_on_the_key_columns_only():
+    # Baseline: two estimators in one file, so `draws` is a float column with NaN for pathwise.
+    base = frame(row(estimator="pathwise", draws=None), row(estimator="loo", draws=4))
+    assert base["draws"].isna().iloc[0]
+    # Current: pathwise from a run without any draws column, loo with draws as an int, plus a
+    # metadata column the baseline does not have: none of it affects matching.
+    cur = pd.concat([frame(row(estimator="pathwise")), frame(row(estimator="loo", draws=4))],
+                    ignore_index=True).assign(hostname=["a", "b"])
     cur_no_k = frame(row(estimator="pathwise"))
     result = check.compare(cur, base)
     assert result.rows["matched"].all() and len(result.missing) == 0 and len(result.new) == 0
     assert check.compare(cur_no_k, base, allow_missing=True).rows["matched"].all()
-    other_k = frame(row(estimator="pathwise"), row(estimator="loo", K=2))
+    other_k = frame(row(estimator="pathwise"), row(estimator="loo", draws=2))
     result = check.compare(other_k, base)
     assert len(result.missing) == 1 and len(result.new) == 1 and result.failed
-    assert result.missing["settings"].iloc[0] == "sigma=1 dim=1 K=4"
+    assert result.missing["settings"].iloc[0] == "dim=1 sigma=1 draws=4"
+
+
+def test_a_changed_version_is_reported_not_compared():
+    base = frame(row(coord=0), row(coord=0, estimator="loo"))
+    cur = frame(row(coord=0, suite_version=2, variance=9.0),
+                row(coord=0, estimator="loo", estimator_version=3, variance=9.0))
+    result = check.compare(cur, base)
+    assert not result.failed and len(result.rows) == 0
+    assert sorted(result.changed["reason"]) == ["estimator loo v1 -> v3",
+                                                 "suite toy v1 -> v2"]
+    assert any("not comparable" in line for line in check_summary.summary_lines(result))
 
 
 def test_zero_variance_cells_are_decided_exactly():
@@ -177,11 +197,11 @@ def test_missing_cells_fail_unless_allowed_and_new_cells_inform():
     cur = frame(row(sigma=1.0), row(sigma=3.0))
     result = check.compare(cur, base)
     assert result.failed and len(result.regressions) == 0
-    assert result.missing["settings"].tolist() == ["sigma=2 dim=1"]
-    assert result.new["settings"].tolist() == ["sigma=3 dim=1"]
+    assert result.missing["settings"].tolist() == ["dim=1 sigma=2"]
+    assert result.new["settings"].tolist() == ["dim=1 sigma=3"]
     assert not check.compare(cur, base, allow_missing=True).failed
-    markdown = check.to_markdown(result)
-    assert "### Missing from current" in markdown and "sigma=2 dim=1" in markdown
+    markdown = check_summary.to_markdown(result)
+    assert "### Missing from current" in markdown and "dim=1 sigma=2" in markdown
 
 
 def test_version_and_device_differences_are_warnings():
@@ -197,7 +217,7 @@ def test_version_and_device_differences_are_warnings():
 @pytest.mark.parametrize(
     ("current", "baseline", "options", "fragment"),
     [
-        (frame(row(schema_version=2)), frame(row()), {}, "schema 2"),
+        (frame(row(schema_version=1)), frame(row()), {}, "schema 1"),
         (frame(row()).iloc[:0], frame(row()), {}, "no result rows"),
         (frame(row(device="cuda")), frame(row()), {}, "device cuda"),
         (frame(row(sigma=5.0)), frame(row()), {}, "different settings"),
@@ -254,7 +274,7 @@ def test_same_code_another_seed_passes():
     base = pd.concat([quadratic(name, seed=1) for name in names], ignore_index=True)
     cur = pd.concat([quadratic(name, seed=2) for name in names], ignore_index=True)
     result = check.compare(cur, base)
-    assert not result.failed, check.to_markdown(result)
+    assert not result.failed, check_summary.to_markdown(result)
     assert len(result.matched) == len(base) == 4 * 2 * 2 * 3  # estimators x k x params x coords
     # naive's zero variance is compared exactly, not tested.
     assert result.tests == 3 * 12 + 3 * 12
@@ -266,7 +286,7 @@ def test_a_degraded_estimator_fails_the_gate(degraded):
     result = check.compare(cur, base)
     assert result.failed
     rows = result.rows
-    assert set(rows["verdict"]) == {check.VARIANCE}, check.to_markdown(result)
+    assert set(rows["verdict"]) == {check.VARIANCE}, check_summary.to_markdown(result)
     # The measured ratio is the designed one, within 5 of its standard errors, on every row.
     z = (np.log(rows["ratio"]) - math.log(INFLATION)) / rows["log_ratio_se"]
     assert np.abs(z).max() < 5
@@ -291,7 +311,7 @@ def test_the_committed_baseline_passes_for_another_seed():
     parts = [run(name, "gaussian-quadratic", {"dim": small}, seed=77)
              for name in sorted(quad["estimator"].unique())]
     result = check.compare(pd.concat(parts, ignore_index=True), baseline, allow_missing=True)
-    assert not result.failed, check.to_markdown(result)
+    assert not result.failed, check_summary.to_markdown(result)
     assert len(result.new) == 0 and result.matched["_cell"].nunique() == sum(
         p["cell_id"].nunique() for p in parts)
 

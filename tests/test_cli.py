@@ -9,6 +9,8 @@ import pytest
 import torch
 from helpers import assert_one_line_error, invoke
 
+from gradbench.results import store
+
 SMALL = ["--set", "mu=1", "--set", "sigma=1", "--set", "k=0", "--set", "dim=2", "--samples", "200"]
 
 
@@ -26,12 +28,12 @@ def test_run_prints_table_and_writes_parquet(results_dir):
     assert result.exit_code == 0, result.output
     assert "bias ± SE" in result.output and "variance ± SE" in result.output
     assert "pathwise" in result.output and "score-function" in result.output
-    run_dirs = list(results_dir.iterdir())
+    run_dirs = store.run_dirs(results_dir)
     assert len(run_dirs) == 1 and str(run_dirs[0]) in result.output.replace("\n", "")
     frame = pd.read_parquet(run_dirs[0])
     assert set(frame["estimator"]) == {"pathwise", "score-function"}
     assert len(frame) == 2 * 2 * 2  # estimators x params x coords
-    meta = json.loads((run_dirs[0] / "_run.json").read_text())
+    meta = store.read_run_json(run_dirs[0])
     assert meta["command"].startswith("bench") and meta["torch_version"] == torch.__version__
 
 
@@ -39,7 +41,7 @@ def test_two_runs_never_share_files(results_dir):
     for _ in range(2):
         assert invoke("run", "-s", "gaussian-quadratic", "-e", "pathwise", *SMALL,
                       "--out", results_dir).exit_code == 0
-    assert len(list(results_dir.iterdir())) == 2
+    assert len(store.run_dirs(results_dir)) == 2
 
 
 def test_show_formats(results_dir):
@@ -55,10 +57,10 @@ def test_show_formats(results_dir):
 
 def test_hyperparameter_sweep_lands_in_its_own_column(results_dir):
     result = invoke("run", "-s", "gaussian-quadratic", "-e", "score-function-loo", *SMALL,
-                    "--set", "K=2,3", "--out", results_dir)
+                    "--set", "draws=2,3", "--out", results_dir)
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(results_dir)
-    assert sorted(frame["K"].unique()) == [2, 3]
+    assert sorted(frame["draws"].unique()) == [2, 3]
     assert sorted(frame["evals_per_estimate"].unique()) == [2.0, 3.0]
 
 
@@ -74,10 +76,10 @@ def test_hyperparameter_sweep_lands_in_its_own_column(results_dir):
         (["-s", "gaussian-quadratic", "--set", "sigma=0"], ["sigma=0.0", "> 0"]),
         (["-s", "gaussian-quadratic", "--set", "sigma=-1"], ["sigma=-1.0"]),
         (["-s", "gaussian-quadratic", "--set", "dim=0"], ["dim=0", ">= 1"]),
-        (["-s", "gaussian-quadratic", "--set", "dim=1.5"], ["dim takes a int"]),
+        (["-s", "gaussian-quadratic", "--set", "dim=1.5"], ["dim takes a whole number"]),
         (["-s", "gaussian-quadratic", "--samples", "1"], ["--samples 1", "at least 2"]),
-        (["-s", "gaussian-quadratic", "--set", "K=1"], ["K=1"]),
-        (["-s", "gaussian-quadratic", "--set", "pathwise.K=3"], ["hyperparameter of pathwise"]),
+        (["-s", "gaussian-quadratic", "--set", "draws=1"], ["draws=1"]),
+        (["-s", "gaussian-quadratic", "--set", "pathwise.draws=3"], ["hyperparameter of pathwise"]),
         (["-s", "gaussian-quadratic", "--dtype", "float16"], ["unknown dtype", "float64"]),
         (["-s", "gaussian-exp", "--set", "k=-1", "--set", "sigma=1"], ["k"]),
         (["-s", "bernoulli-toy", "-e", "pathwise"],

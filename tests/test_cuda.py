@@ -9,10 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench import runner, store
-from bench.cli import app
-from estimators import get_estimator
-from suites import get_suite
+from gradbench.app import measure, planning
+from gradbench.app.cli import app
+from gradbench.estimators import get_estimator
+from gradbench.results import store
+from gradbench.suites import get_suite
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -21,15 +22,15 @@ SETTINGS = (("mu", 1.0), ("sigma", 2.0), ("k", 3.0), ("dim", 3))
 
 def cell(estimator: str, device: str, samples: int = 200_000, dtype: str = "float64"):
     hyper = tuple((h.name, h.default) for h in get_estimator(estimator).hyperparams.values())
-    return runner.Cell("gaussian-quadratic", SETTINGS, estimator, hyper, device, dtype, samples,
+    return planning.Cell("gaussian-quadratic", SETTINGS, estimator, hyper, device, dtype, samples,
                        0)
 
 
 @pytest.mark.parametrize("estimator", ["pathwise", "score-function", "measure-valued"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_cuda_cell_agrees_with_cpu(estimator, dtype):
-    cpu = runner.run_cell(cell(estimator, "cpu", dtype=dtype))
-    gpu = runner.run_cell(cell(estimator, "cuda", dtype=dtype))
+    cpu = measure.run_cell(cell(estimator, "cpu", dtype=dtype))
+    gpu = measure.run_cell(cell(estimator, "cuda", dtype=dtype))
     assert gpu["device"][0] == "cuda"
     assert gpu["device_name"][0] == torch.cuda.get_device_name()
     assert gpu["n"] == cpu["n"] == [200_000] * len(cpu["n"])
@@ -48,15 +49,15 @@ def test_no_host_round_trip_per_chunk():
     # first chunk's shift check, timing read-back, the summary's copies to the host) are the
     # same in number, i.e. none of them happens per chunk.
     problem = get_suite("gaussian-quadratic").problem(dict(SETTINGS), device=torch.device("cuda"))
-    size = runner.chunk_size(problem, 10**12, 1.0, "cuda")
-    runner.run_cell(cell("pathwise", "cuda", samples=1000))  # CUDA context and kernels warm
+    size = measure.chunk_size(problem, 10**12, 1.0, "cuda")
+    measure.run_cell(cell("pathwise", "cuda", samples=1000))  # CUDA context and kernels warm
 
     def syncs(chunks: int) -> int:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                rows = runner.run_cell(cell("pathwise", "cuda", samples=size * chunks))
+                rows = measure.run_cell(cell("pathwise", "cuda", samples=size * chunks))
         finally:
             torch.cuda.set_sync_debug_mode(0)
         assert rows["chunks"][0] == chunks

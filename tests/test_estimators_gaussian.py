@@ -27,15 +27,16 @@ from helpers import CountingCost, assert_estimate_contract
 from torch import Tensor
 from torch.distributions import Normal
 
-from bench.problem import Problem
-from estimators import all_estimators, get_estimator
+from gradbench.core.capabilities import DifferentiableCost, SeparableCost
+from gradbench.core.problem import Problem
+from gradbench.estimators import all_estimators, get_estimator
 
 Z = 5.0  # tolerance in standard errors
 UNBIASED = [
     ("pathwise", {}),
     ("score-function", {}),
-    ("score-function-loo", {"K": 2}),
-    ("score-function-loo", {"K": 4}),
+    ("score-function-loo", {"draws": 2}),
+    ("score-function-loo", {"draws": 4}),
     ("score-function-cv", {"pilot": 1000}),
     ("measure-valued", {"coupled": True}),
     ("measure-valued", {"coupled": False}),
@@ -67,7 +68,7 @@ def gaussian_problem(
     else:
         raise ValueError(cost)
 
-    def f(z: Tensor) -> Tensor:
+    def f(z: Tensor, params: object = None) -> Tensor:
         if terms is None:
             return z.flatten(1).sum(1) ** 2
         return terms(z).flatten(1).sum(1)
@@ -76,7 +77,8 @@ def gaussian_problem(
         params={"mu": mu_t.to(dtype), "sigma": sigma_t.to(dtype)},
         distribution=lambda mu, sigma: Normal(mu, sigma),
         cost=f,
-        cost_terms=terms,
+        capabilities=(DifferentiableCost(),) if terms is None else (
+            DifferentiableCost(), SeparableCost(lambda z, params=None: terms(z))),
         exact_gradient={"mu": grad_mu.to(dtype), "sigma": grad_sigma.to(dtype)},
         truth_method="analytic",
     )
@@ -143,8 +145,8 @@ def test_other_parameterizations_get_the_chain_rule(name: str, hyper: dict[str, 
     problem = Problem(
         params={"mu": mu, "log_sigma": log_sigma},
         distribution=lambda mu, log_sigma: Normal(mu, log_sigma.exp()),
-        cost=lambda z: ((z - k) ** 2).sum(-1),
-        cost_terms=lambda z: (z - k) ** 2,
+        cost=lambda z, params=None: ((z - k) ** 2).sum(-1),
+        capabilities=(DifferentiableCost(), SeparableCost(lambda z, params=None: (z - k) ** 2)),
         exact_gradient={"mu": 2 * (mu - k), "log_sigma": torch.full((2,), 2 * sigma**2)},
         truth_method="analytic",
     )
@@ -155,7 +157,8 @@ def test_other_parameterizations_get_the_chain_rule(name: str, hyper: dict[str, 
     shared = Problem(
         params={"mu": mu, "sigma": torch.tensor(sigma)},
         distribution=lambda mu, sigma: Normal(mu, sigma.unsqueeze(-1).expand(mu.shape)),
-        cost=lambda z: ((z - k) ** 2).sum(-1),
+        cost=lambda z, params=None: ((z - k) ** 2).sum(-1),
+        capabilities=(DifferentiableCost(),),
         exact_gradient={"mu": 2 * (mu - k), "sigma": torch.tensor(2 * 2 * sigma)},
         truth_method="analytic",
     )
@@ -269,7 +272,7 @@ def test_loo_baseline_variance_sits_between_oracle_baseline_and_plain_score_func
 
     previous = None
     for K in (2, 4, 16):
-        loo = estimate("score-function-loo", problem, n, K=K)
+        loo = estimate("score-function-loo", problem, n, draws=K)
         for param in ("mu", "sigma"):
             var, se = variance_and_se(loo[param])
             per_eval, per_eval_se = K * var, K * se
@@ -293,11 +296,16 @@ def test_vectorised_and_evals_accounted_honestly(setting: str, name: str) -> Non
     torch.manual_seed(0)
     base = SETTINGS[setting]()
     cost, terms = CountingCost(base.cost), None
-    if base.cost_terms is not None:
-        terms = CountingCost(base.cost_terms)
+    capabilities: tuple = (DifferentiableCost(),)
+    if (separable := base.offers(SeparableCost)) is not None:
+        terms = CountingCost(separable.terms)
+        capabilities += (SeparableCost(terms),)
     problem = Problem(params=base.params, distribution=base.distribution, cost=cost,
-                      cost_terms=terms, exact_gradient=base.exact_gradient,
+                      capabilities=capabilities, exact_gradient=base.exact_gradient,
                       truth_method=base.truth_method)
+    # Deciding whether f depends on theta evaluates it once per problem; not an estimate's cost.
+    problem.cost_depends_on_params()
+    cost.rows.clear()
     estimator = get_estimator(name)
     hyper = {h.name: h.default for h in estimator.hyperparams.values()}
     n = 200_000
@@ -318,11 +326,11 @@ def test_evals_per_estimate_and_hyperparameter_checks() -> None:
                    ("measure-valued", "score-function-loo", "score-function-cv"))
     assert mv.evals_per_estimate(separable, {"coupled": True}) == 4
     assert mv.evals_per_estimate(general, {"coupled": False}) == 4 * 3
-    assert loo.evals_per_estimate(separable, {"K": 7}) == 7
+    assert loo.evals_per_estimate(separable, {"draws": 7}) == 7
     assert cv.evals_per_estimate(separable, {"pilot": 500}) == 1
     assert cv.warmup_evals_total(separable, {"pilot": 500}) == 500
-    assert loo.hyperparams["K"].validate(1) is not None
-    assert loo.hyperparams["K"].validate(2) is None
+    assert loo.hyperparams["draws"].validate(1) is not None
+    assert loo.hyperparams["draws"].validate(2) is None
     assert cv.hyperparams["pilot"].validate(1) is not None
     assert mv.hyperparams["coupled"].parse("false") is False
     with pytest.raises(ValueError, match="state"):
@@ -335,8 +343,7 @@ def test_requirements_gate_the_right_estimators() -> None:
     non_differentiable = Problem(
         params={"mu": torch.zeros(2), "sigma": torch.ones(2)},
         distribution=lambda mu, sigma: Normal(mu, sigma),
-        cost=lambda z: (z > 0).sum(-1).to(z.dtype),
-        differentiable_cost=False,
+        cost=lambda z, params=None: (z > 0).sum(-1).to(z.dtype),
     )
     assert get_estimator("pathwise").applicability(non_differentiable) is not None
     for name in ("score-function", "score-function-loo", "score-function-cv", "measure-valued"):

@@ -2,7 +2,6 @@
 LocalCluster; a killed worker's cells are retried; a cell that fails for good is reported while
 the others are kept; bad executor options are one-line errors that write nothing."""
 
-import json
 import multiprocessing
 import os
 import signal
@@ -13,19 +12,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from bench import runner, store
-from bench.cli import app
-from bench.executors import (
+from gradbench.app import execute, measure, planning
+from gradbench.app.cli import app
+from gradbench.app.executors import (
     DaskExecutor,
     LocalExecutor,
     ProcessExecutor,
     compute_cell,
     make_executor,
 )
-from bench.problem import Problem
-from estimators import registry
+from gradbench.core import estimator as estimator_registry
+from gradbench.core.problem import Problem
+from gradbench.results import store
 
-REQUEST = runner.RunRequest(
+REQUEST = planning.RunRequest(
     suite="gaussian-quadratic",
     estimators=("pathwise", "score-function"),
     overrides={"dim": ["1", "3"], "sigma": ["1"], "k": ["0"]},
@@ -42,7 +42,7 @@ def statistics(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(executor, out):
-    outcome = runner.execute(REQUEST, out, executor=executor)
+    outcome = execute.execute(REQUEST, out, executor=executor)
     assert outcome.failed == []
     return statistics(store.read_results(outcome.run_dir))
 
@@ -64,7 +64,7 @@ def test_process_pool_gives_identical_numbers_and_retries_killed_workers(local_r
                 os.kill(child.pid, signal.SIGKILL)
                 killed.append(child.pid)
 
-    outcome = runner.execute(REQUEST, tmp_path, executor=ProcessExecutor(workers=2),
+    outcome = execute.execute(REQUEST, tmp_path, executor=ProcessExecutor(workers=2),
                              on_cell=kill_workers_once)
     assert killed and outcome.failed == []
     assert outcome.computed == len(outcome.plan.cells) == 4
@@ -88,15 +88,15 @@ def test_dask_local_cluster_gives_identical_numbers_and_survives_a_killed_worker
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
 
-    outcome = runner.execute(REQUEST, tmp_path, executor=executor, on_cell=kill_a_worker_once)
+    outcome = execute.execute(REQUEST, tmp_path, executor=executor, on_cell=kill_a_worker_once)
     assert killed and outcome.failed == []
     pd.testing.assert_frame_equal(statistics(store.read_results(outcome.run_dir)),
                                   local_results)
 
 
 def test_a_failing_cell_is_reported_not_fatal_in_a_worker():
-    cells = runner.plan(REQUEST).cells[:1]
-    bad = runner.Cell("gaussian-quadratic", cells[0].settings, "no-such-estimator", (), "cpu",
+    cells = planning.plan(REQUEST).cells[:1]
+    bad = planning.Cell("gaussian-quadratic", cells[0].settings, "no-such-estimator", (), "cpu",
                       "float64", 100, 0)
     with ProcessExecutor(workers=1) as pool:
         results = {r.cell.estimator: r for r in pool.run([bad, *cells])}
@@ -105,7 +105,7 @@ def test_a_failing_cell_is_reported_not_fatal_in_a_worker():
     assert "\n" not in results["no-such-estimator"].error
     good = results[cells[0].estimator]
     assert good.error is None
-    here = runner.run_cell(cells[0])
+    here = measure.run_cell(cells[0])
     for column in STATISTICS:
         assert good.rows[column] == here[column], column
 
@@ -118,7 +118,7 @@ def _explodes_for_dim_3(problem: Problem, n: int) -> dict:
 
 def test_failed_cell_is_reported_and_others_kept(results_dir, monkeypatch):
     name = "test-explodes"
-    monkeypatch.setitem(registry._REGISTRY, name, registry.Estimator(
+    monkeypatch.setitem(estimator_registry._REGISTRY, name, estimator_registry.Estimator(
         name=name, fn=_explodes_for_dim_3, family="test", unbiased=False, requires=(),
         hyperparams={}, evals=lambda problem, **_: 1.0))
     args = ["run", "-s", "gaussian-quadratic", "-e", name, "-e", "pathwise", "--set", "dim=1,3",
@@ -128,8 +128,8 @@ def test_failed_cell_is_reported_and_others_kept(results_dir, monkeypatch):
     assert "failed test-explodes {'mu': 1.0, 'sigma': 1.0, 'k': 0.0, 'dim': 3}" in result.output
     assert "FloatingPointError: the test estimator blew up" in result.output
     assert "second line" not in result.output
-    (run_dir,) = results_dir.iterdir()
-    meta = json.loads((run_dir / store.RUN_FILE).read_text())
+    (run_dir,) = store.run_dirs(results_dir)
+    meta = store.read_run_json(run_dir)
     (failure,) = meta["failed"]
     assert failure["estimator"] == name and failure["settings"]["dim"] == 3
     assert failure["reason"] == "FloatingPointError: the test estimator blew up"
@@ -169,20 +169,20 @@ def test_missing_dask_is_a_clear_error(results_dir, monkeypatch):
 
 
 def test_resume_keeps_what_a_bad_executor_option_would_have_lost(results_dir):
-    first = runner.execute(REQUEST, results_dir)
-    before = {p.name: p.read_bytes() for p in (first.run_dir / "cells").iterdir()}
+    first = execute.execute(REQUEST, results_dir)
+    before = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}
     result = CliRunner().invoke(app, ["run", "-s", "gaussian-quadratic", "-e", "pathwise",
                                       "-e", "score-function", "--set", "dim=1,3", "--set",
                                       "sigma=1", "--set", "k=0", "--samples", "3000",
                                       "--resume", first.run_id, "--workers", "0",
                                       "--executor", "processes", "--out", str(results_dir)])
     assert result.exit_code == 2
-    after = {p.name: p.read_bytes() for p in (first.run_dir / "cells").iterdir()}
+    after = {p.name: p.read_bytes() for p in first.run_dir.iterdir()}
     assert after == before
 
 
 def test_task_returns_plain_values_and_sets_threads():
-    cell = runner.plan(REQUEST).cells[0]
+    cell = planning.plan(REQUEST).cells[0]
     before = torch.get_num_threads()
     try:
         result = compute_cell(cell, threads=1)

@@ -13,11 +13,13 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from bench import runner
-from bench.problem import Problem
-from bench.statistics import Moments, StreamingMoments
-from estimators import pathwise as pathwise_module
-from suites import all_suites
+from gradbench.app import measure, planning
+from gradbench.core.capabilities import CostGradient, DifferentiableCost
+from gradbench.core.moments import Moments
+from gradbench.core.problem import Problem
+from gradbench.core.streaming import StreamingMoments
+from gradbench.estimators import pathwise as pathwise_module
+from gradbench.suites import all_suites
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -26,12 +28,12 @@ def suite_problems():
     """Problems with a cost_grad: every suite's default grid (first 6 settings each)."""
     for suite in all_suites().values():
         names = list(suite.settings)
-        for values in list(zip(*(suite.settings[n].default for n in names), strict=False))[:6]:
+        for values in list(zip(*(suite.settings[n].defaults for n in names), strict=False))[:6]:
             settings = dict(zip(names, values, strict=True))
             if suite.validate(settings) is not None:
                 continue
             problem = suite.problem(settings)
-            if problem.cost_grad is not None:
+            if problem.offers(CostGradient) is not None:
                 yield pytest.param(problem, id=f"{suite.name}-{settings}")
 
 
@@ -39,8 +41,8 @@ def suite_problems():
 def test_cost_grad_equals_autograd(problem: Problem) -> None:
     torch.manual_seed(0)
     z = problem.q().sample((500,)).requires_grad_(True)
-    (expected,) = torch.autograd.grad(problem.cost(z).sum(), z)
-    got = problem.cost_grad(z.detach())
+    (expected,) = torch.autograd.grad(problem.cost(z, problem.params).sum(), z)
+    got = problem.offers(CostGradient).grad(z.detach(), problem.params)
     assert got.shape == z.shape
     # The same derivative evaluated by two formula orderings: a few roundings of the largest
     # term, 16 eps relative to the gradient's scale.
@@ -52,7 +54,7 @@ def test_cost_grad_equals_autograd(problem: Problem) -> None:
 def test_fused_pathwise_draws_the_autograd_estimates(problem: Problem) -> None:
     if pathwise_module._normal_loc_scale(problem) is None:
         pytest.skip("not a Normal in its own loc/scale parameters: the fused path does not apply")
-    plain = dataclasses.replace(problem, cost_grad=None)  # forces the autograd path
+    plain = without_cost_gradient(problem)  # forces the autograd path
     torch.manual_seed(1)
     fused = pathwise_module.pathwise(problem, 4000)
     torch.manual_seed(1)
@@ -64,24 +66,30 @@ def test_fused_pathwise_draws_the_autograd_estimates(problem: Problem) -> None:
         torch.testing.assert_close(fused[name], autograd[name], rtol=0, atol=16 * EPS * scale)
 
 
+def without_cost_gradient(problem: Problem) -> Problem:
+    kept = tuple(c for c in problem.capabilities if not isinstance(c, CostGradient))
+    return dataclasses.replace(problem, capabilities=kept)
+
+
 def test_fused_path_only_for_normals_in_their_own_parameters() -> None:
-    def cost(z: torch.Tensor) -> torch.Tensor:
+    def cost(z: torch.Tensor, params: object = None) -> torch.Tensor:
         return (z**2).sum(-1)
 
-    def grad(z: torch.Tensor) -> torch.Tensor:
+    def grad(z: torch.Tensor, params: object = None) -> torch.Tensor:
         return 2 * z
 
     params = {"mu": torch.tensor([0.5], dtype=torch.float64),
               "log_sigma": torch.tensor([0.3], dtype=torch.float64)}
     exact = {"mu": torch.tensor([1.0]).double(), "log_sigma": torch.tensor([0.0]).double()}
     logscale = Problem(params=params, distribution=lambda mu, log_sigma: Normal(mu,
-                       log_sigma.exp()), cost=cost, cost_grad=grad, exact_gradient=exact,
+                       log_sigma.exp()), cost=cost, exact_gradient=exact,
+                       capabilities=(DifferentiableCost(), CostGradient(grad)),
                        truth_method="analytic")
     assert pathwise_module._normal_loc_scale(logscale) is None
     torch.manual_seed(2)
     got = pathwise_module.pathwise(logscale, 1000)
     torch.manual_seed(2)
-    expected = pathwise_module.pathwise(dataclasses.replace(logscale, cost_grad=None), 1000)
+    expected = pathwise_module.pathwise(without_cost_gradient(logscale), 1000)
     for name in params:
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
     direct = dataclasses.replace(logscale, params={"mu": params["mu"],
@@ -96,10 +104,10 @@ def test_fused_pathwise_has_the_exact_variance_through_the_runner() -> None:
     # d/dsigma = 2(z - k) eps = 2((mu - k) eps + sigma eps^2), Var = 4(mu - k)^2 + 8 sigma^2
     # (E[eps^2] = 1, E[eps^3] = 0, E[eps^4] = 3). The runner's variance and its SE must agree.
     mu, sigma, k = 1.0, 0.5, 3.0
-    cell = runner.Cell("gaussian-quadratic", (("mu", mu), ("sigma", sigma), ("k", k),
+    cell = planning.Cell("gaussian-quadratic", (("mu", mu), ("sigma", sigma), ("k", k),
                                               ("dim", 1)), "pathwise", (), "cpu", "float64",
                        200_000, 0)
-    rows = runner.run_cell(cell)
+    rows = measure.run_cell(cell)
     expected = {"mu": 4 * sigma**2, "sigma": 4 * (mu - k) ** 2 + 8 * sigma**2}
     for param, variance, se in zip(rows["param"], rows["variance"], rows["variance_se"],
                                    strict=True):

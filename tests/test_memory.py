@@ -9,11 +9,11 @@ import sys
 SCRIPT = r"""
 import json, resource, torch
 torch.set_num_threads(1)
-from bench import runner
+from gradbench.app import execute, measure, planning
 
 def cell(estimator, dim, samples):
     settings = (("mu", 1.0), ("sigma", 1.0), ("k", 0.0), ("dim", dim))
-    return runner.Cell("gaussian-quadratic", settings, estimator, (), "cpu", "float64",
+    return planning.Cell("gaussian-quadratic", settings, estimator, (), "cpu", "float64",
                        samples, 0)
 
 def peak_kib():
@@ -21,9 +21,9 @@ def peak_kib():
 
 out = {}
 for estimator, dim in (("pathwise", 1), ("score-function", 2)):
-    runner.run_cell(cell(estimator, dim, 100_000))  # warm: imports, allocator, first chunks
+    measure.run_cell(cell(estimator, dim, 100_000))  # warm: imports, allocator, first chunks
     for samples in (1_000_000, 10_000_000):
-        rows = runner.run_cell(cell(estimator, dim, samples))
+        rows = measure.run_cell(cell(estimator, dim, samples))
         assert rows["n"][0] == samples
         out[f"{estimator}-{samples}"] = peak_kib()
 print(json.dumps(out))
@@ -37,7 +37,7 @@ def test_peak_rss_does_not_grow_with_samples():
     peaks = json.loads(done.stdout.strip().splitlines()[-1])
     # Keeping the estimates would cost 8 bytes x params x dim x samples: 9e6 more estimates of
     # dim 1 (2 params) = 144 MB; of dim 2, 288 MB. A chunk's working set is ~1-3 MB
-    # (runner.CHUNK_ELEMENTS = 2^15 elements per parameter, ~10 float64 temporaries), so 16 MiB
+    # (measure.CACHE_BYTES // 8 = 2^15 elements per parameter, ~10 float64 temporaries), so 16 MiB
     # of growth is room for allocator noise and ~1/10 of the smallest leak that matters.
     for estimator in ("pathwise", "score-function"):
         small, large = peaks[f"{estimator}-1000000"], peaks[f"{estimator}-10000000"]

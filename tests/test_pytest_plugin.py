@@ -7,7 +7,7 @@ pytest_plugins = ["pytester"]
 EXTERNAL_TESTS = '''
 import torch
 
-from estimators import get_estimator, register_estimator
+from gradbench.estimators import get_estimator, register_estimator
 
 torch.set_num_threads(1)
 pathwise = get_estimator("pathwise")

@@ -11,9 +11,11 @@ import pytest
 from helpers import assert_one_line_error, invoke
 from PIL import Image
 
-from bench import report
-from bench.report_figures import estimator_styles, held_settings, sweep_figure
-from bench.store import REQUIRED_COLUMNS
+from gradbench.app.report import builder, summaries
+from gradbench.app.report.figures import estimator_styles, held_settings, sweep_figure
+from gradbench.core.schema import SCHEMA_VERSION
+from gradbench.results import decisions, store
+from gradbench.results.store import REQUIRED_COLUMNS
 
 BASE = {
     "run_id": "run-1", "suite": "synthetic", "estimator": "A", "device": "cpu", "param": "theta",
@@ -21,13 +23,26 @@ BASE = {
     "bias_se": 0.01, "variance": 1.0, "variance_se": 0.05, "evals_per_estimate": 1.0,
     "seconds_per_estimate": 1e-6, "seconds_per_estimate_se": 0.0, "seed": 0, "unbiased": True,
     "estimator_family": "test", "dtype": "float64", "device_name": "test cpu",
-    "started_at": "2026-01-01T00:00:00+00:00", "s": 1,
+    "started_at": "2026-01-01T00:00:00+00:00", "s": 1, "schema_version": SCHEMA_VERSION,
+    "settings": '{"s":1}', "hyperparams": "{}", "level": "coord",
 }
 
 
+SETTINGS, HYPERPARAMS = ("s", "t", "cost"), ("K",)
+
+
 def tidy(rows):
-    """A results frame: BASE overridden by each row's entries."""
-    return pd.DataFrame([{**BASE, **row} for row in rows])
+    """A results frame: BASE overridden by each row's entries; the key's `settings` and
+    `hyperparams` JSON name the setting and hyperparameter columns a row has (as bench run
+    writes them)."""
+    out = []
+    for row in rows:
+        full = {**BASE, **row}
+        keys = {name: full[name] for name in SETTINGS if full.get(name) is not None}
+        hyper = {name: full[name] for name in HYPERPARAMS if full.get(name) is not None}
+        out.append({**full, "settings": store.canonical_json(keys),
+                    "hyperparams": store.canonical_json(hyper)})
+    return pd.DataFrame(out)
 
 
 # ---------------------------------------------------------------- statistics
@@ -35,10 +50,10 @@ def tidy(rows):
 
 def test_cost_normalised_se_is_the_delta_method():
     # se(v c)^2 = (c se_v)^2 + (v se_c)^2 for independent v and c; counts are exact (se_c = 0).
-    value, se = report.cost_normalised(4.0, 0.2, 3.0, 0.1)
+    value, se = summaries.cost_normalised(4.0, 0.2, 3.0, 0.1)
     assert value == 12.0
     assert se == pytest.approx(math.sqrt((3 * 0.2) ** 2 + (4 * 0.1) ** 2))
-    value, se = report.cost_normalised(4.0, 0.2, 7.0)
+    value, se = summaries.cost_normalised(4.0, 0.2, 7.0)
     assert (value, se) == (28.0, pytest.approx(1.4))
     # Against simulation: Var(v c) = mv^2 sc^2 + mc^2 sv^2 + sv^2 sc^2 for independent normals;
     # the delta method drops the last term (4e-4 of 0.52, well inside the 5-SE tolerance).
@@ -50,7 +65,7 @@ def test_cost_normalised_se_is_the_delta_method():
 
 
 def se_squared(v, se_v, c, se_c):
-    return report.cost_normalised(v, se_v, c, se_c)[1] ** 2
+    return summaries.cost_normalised(v, se_v, c, se_c)[1] ** 2
 
 
 def test_summary_propagates_cost_se_per_cell():
@@ -58,7 +73,7 @@ def test_summary_propagates_cost_se_per_cell():
         {"estimator": "A", "variance": 2.0, "variance_se": 0.1, "evals_per_estimate": 4.0,
          "seconds_per_estimate": 3e-6, "seconds_per_estimate_se": 1e-7},
     ])
-    row = report.summarize(frame).iloc[0]
+    row = summaries.summarize(frame).iloc[0]
     assert row["var_x_evals"] == 8.0 and row["var_x_evals_se"] == pytest.approx(0.4)
     assert row["var_x_seconds"] == pytest.approx(6e-6)
     assert row["var_x_seconds_se"] == pytest.approx(math.hypot(3e-6 * 0.1, 2.0 * 1e-7))
@@ -69,7 +84,7 @@ def test_coordinates_are_averaged_with_a_dependence_free_se():
                    "truth": t, "mean": t + b}
                   for i, (v, se, b, t) in enumerate([(1, .1, .05, 1), (2, .2, -.05, -2),
                                                      (3, .3, .15, 3)])])
-    row = report.summarize(frame).iloc[0]
+    row = summaries.summarize(frame).iloc[0]
     assert row["coords"] == 3
     assert row["variance"] == pytest.approx(2.0)  # trace / d
     assert row["variance_se"] == pytest.approx(0.2)  # mean SE >= SE of the mean (Minkowski)
@@ -86,15 +101,15 @@ def test_relative_bias_does_not_cancel_across_coordinates():
     truth = [0.3, -0.1, -0.2]
     frame = tidy([{"coord": i, "truth": g, "bias": -g / 2, "mean": g / 2, "bias_se": 1e-3}
                   for i, g in enumerate(truth)])
-    row = report.summarize(frame).iloc[0]
+    row = summaries.summarize(frame).iloc[0]
     assert row["bias"] == pytest.approx(0.0, abs=1e-15)
     assert row["rel_bias"] == pytest.approx(-0.5)
     assert row["measured_biased"]
 
 
 def test_bias_threshold_is_bonferroni_but_never_below_four():
-    assert report.bias_threshold(1) == 4.0  # Phi^-1(1 - 5e-4) = 3.29 < 4
-    assert report.bias_threshold(1000) == pytest.approx(4.8916, abs=1e-3)  # Phi^-1(1 - 5e-7)
+    assert decisions.bias_threshold(1) == 4.0  # Phi^-1(1 - 5e-4) = 3.29 < 4
+    assert decisions.bias_threshold(1000) == pytest.approx(4.8916, abs=1e-3)  # Phi^-1(1 - 5e-7)
 
 
 def test_bias_test_flags_the_whole_cell_and_respects_multiplicity():
@@ -102,7 +117,7 @@ def test_bias_test_flags_the_whole_cell_and_respects_multiplicity():
            for p, b in (("mu", 0.045), ("sigma", 0.0))]  # z = 4.5 > 4 on one parameter
     many = [{"estimator": "B", "coord": i, "bias": 0.045 if i == 7 else 0.0, "bias_se": 0.01}
             for i in range(1000)]  # z = 4.5 < 4.89 among 1000 coordinates: chance
-    summary = report.summarize(tidy(one + many)).set_index(["estimator", "param"])
+    summary = summaries.summarize(tidy(one + many)).set_index(["estimator", "param"])
     assert summary.loc[("A", "mu"), "measured_biased"]
     assert summary.loc[("A", "sigma"), "measured_biased"]  # the cell is biased as a whole
     assert not summary.loc[("B", "theta"), "measured_biased"]
@@ -115,7 +130,7 @@ def test_deterministic_estimators_rounding_is_not_bias_or_variance():
         {"estimator": "naive", "unbiased": False, "bias": -2.0, "bias_se": 0.0, "variance": 0.0,
          "variance_se": 0.0, "mean": -1.0},
     ])
-    summary = report.summarize(frame).set_index("estimator")
+    summary = summaries.summarize(frame).set_index("estimator")
     assert not summary.loc["exact", "measured_biased"]
     assert summary.loc["exact", "variance"] == 0.0
     assert summary.loc["naive", "measured_biased"]
@@ -142,8 +157,8 @@ def synthetic_leaderboard_frame():
 
 
 def test_leaderboard_picks_the_lowest_cost_normalised_unbiased_estimator():
-    summary = report.summarize(synthetic_leaderboard_frame())
-    board = report.leaderboard(summary, "var_x_evals").set_index("s")
+    summary = summaries.summarize(synthetic_leaderboard_frame())
+    board = summaries.leaderboard(summary, "var_x_evals").set_index("s")
     assert board.loc[1, "best"] == "A" and board.loc[1, "runner_up"] == "B"
     assert board.loc[2, "best"] == "B" and board.loc[2, "runner_up"] == "A"
     assert pd.isna(board.loc[3, "best"]) and board.loc[3, "candidates"] == 0
@@ -156,7 +171,7 @@ def test_leaderboard_picks_the_lowest_cost_normalised_unbiased_estimator():
     assert not set(board["best"].dropna()) & {"C", "D"}
     assert not set(board["runner_up"].dropna()) & {"C", "D"}
     # Per second the answer changes at s=1: B costs 2e-6 s, A 1e-6 s -> 4e-7 vs 1e-6.
-    seconds = report.leaderboard(summary, "var_x_seconds").set_index("s")
+    seconds = summaries.leaderboard(summary, "var_x_seconds").set_index("s")
     assert seconds.loc[1, "best"] == "B" and seconds.loc[1, "ratio"] == pytest.approx(2.5)
 
 
@@ -166,7 +181,7 @@ def test_later_runs_supersede_earlier_rows_of_the_same_cell(tmp_path):
                  "started_at": "2026-02-01T00:00:00+00:00"}])
     old.to_parquet(tmp_path / "old.parquet")
     new.to_parquet(tmp_path / "new.parquet")
-    frame, superseded = report.load([tmp_path])
+    frame, superseded = summaries.load([tmp_path])
     assert superseded == 1
     assert frame.set_index("estimator")["variance"].to_dict() == {"A": 1.0, "B": 3.0}
 
@@ -181,8 +196,8 @@ def test_palette_is_fixed_by_sorted_names_and_distinct():
 def test_sweep_figure_holds_other_settings_at_their_middle_value(tmp_path):
     rows = [{"s": s, "t": t, "estimator": e, "variance": s * t * (1 + i)}
             for s in (1, 10, 100) for t in (0.5, 1.5, 2.5) for i, e in enumerate("AB")]
-    summary = report.summarize(tidy(rows))
-    cols = report.suite_columns(summary)
+    summary = summaries.summarize(tidy(rows))
+    cols = summaries.suite_columns(summary)
     assert cols.swept == ["s", "t"]
     path = tmp_path / "sweep.png"
     info = sweep_figure(summary, cols, "s", estimator_styles("AB"), path, "cpu")
@@ -211,8 +226,9 @@ def built(tmp_path_factory):
                  "--set", "k=1", "--set", "dim=1", "--samples", "400", "--out", results)
     assert cos.exit_code == 0, cos.output
     # A GPU run of the quadratic suite, fabricated: same rows, device cuda, 10x faster.
-    frame = pd.read_parquet(next(p for p in results.iterdir()
-                                 if "gaussian-quadratic" in (p / "_run.json").read_text()))
+    frame = pd.read_parquet(next(p for p in store.run_dirs(results)
+                                 if store.read_run_json(p)["request"]["suite"]
+                                 == "gaussian-quadratic"))
     gpu = root / "gpu"
     gpu.mkdir()
     frame.assign(device="cuda", device_name="fabricated GPU",
@@ -302,7 +318,7 @@ def test_generic_suite_without_truth_with_hyperparameter_variants(tmp_path):
                              "K": k, "variance": s / k, "evals_per_estimate": float(k),
                              "truth": np.nan, "bias": np.nan, "bias_se": np.nan})
     tidy(rows).to_parquet(tmp_path / "rows.parquet")
-    out = report.build_report([tmp_path / "rows.parquet"], tmp_path / "out")
+    out = builder.build_report([tmp_path / "rows.parquet"], tmp_path / "out")
     page = (out / "index.html").read_text()
     images = re.findall(r'<img src="([^"]+)"', page)
     assert sorted(images) == sorted([

@@ -3,7 +3,6 @@ how to resume, and `--resume RUN_ID` computes only the missing cells, ending wit
 identical to an uninterrupted run; concurrent runs on one results folder never clobber each
 other."""
 
-import json
 import re
 import shlex
 import signal
@@ -16,12 +15,13 @@ import pandas as pd
 import pytest
 import torch
 
-from bench import runner, store
+from gradbench.app import execute, planning
+from gradbench.results import store
 
 SWEEP = ["-s", "gaussian-quadratic", "-e", "score-function", "-e", "measure-valued",
          "--set", "sigma=0.5,1,2,4", "--set", "k=0,10", "--set", "dim=1,5",
          "--samples", "60000"]
-REQUEST = runner.RunRequest(
+REQUEST = planning.RunRequest(
     suite="gaussian-quadratic",
     estimators=("score-function", "measure-valued"),
     overrides={"sigma": ["0.5", "1", "2", "4"], "k": ["0", "10"], "dim": ["1", "5"]},
@@ -30,7 +30,7 @@ REQUEST = runner.RunRequest(
 CELLS = 32
 STATISTICS = ["n", "nonfinite", "mean", "mean_se", "variance", "variance_se", "std", "bias",
               "bias_se", "snr", "snr_se", "mse", "mse_se", "truth", "chunks", "chunk_size"]
-BENCH = [sys.executable, "-m", "bench.cli"]
+BENCH = [sys.executable, "-m", "gradbench.app.cli"]
 
 
 def statistics(run_dir: Path) -> pd.DataFrame:
@@ -46,15 +46,15 @@ def reference(tmp_path_factory) -> pd.DataFrame:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        outcome = runner.execute(REQUEST, tmp_path_factory.mktemp("reference"))
+        outcome = execute.execute(REQUEST, tmp_path_factory.mktemp("reference"))
     finally:
         torch.set_num_threads(threads)
     assert len(outcome.plan.cells) == CELLS
     return statistics(outcome.run_dir)
 
 
-def start(out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*BENCH, "run", *SWEEP, "--out", str(out), *extra],
+def start(out: Path, *extra: str, sweep: list[str] = SWEEP) -> subprocess.Popen:
+    return subprocess.Popen([*BENCH, "run", *sweep, "--out", str(out), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -63,7 +63,7 @@ def run_dir_after_cells(out: Path, process: subprocess.Popen, cells: int) -> Pat
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()
-        dirs = [d for d in out.iterdir() if d.is_dir()] if out.exists() else []
+        dirs = store.run_dirs(out)
         if dirs and len(store.finished_cells(dirs[0])) >= cells:
             return dirs[0]
         time.sleep(0.02)
@@ -86,17 +86,17 @@ def test_keyboard_interrupt_in_process_then_resume(reference, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with pytest.raises(runner.RunInterrupted) as caught:
-            runner.execute(REQUEST, tmp_path, on_cell=stop_after_three)
+        with pytest.raises(execute.RunInterrupted) as caught:
+            execute.execute(REQUEST, tmp_path, on_cell=stop_after_three)
         stop = caught.value
         assert stop.written == 3 and stop.total == CELLS
-        meta = json.loads((stop.run_dir / store.RUN_FILE).read_text())
+        meta = store.read_run_json(stop.run_dir)
         assert "interrupted_at" in meta and "finished_at" not in meta
-        resumed = runner.execute(REQUEST, tmp_path, run_id=stop.run_id)
+        resumed = execute.execute(REQUEST, tmp_path, run_id=stop.run_id)
     finally:
         torch.set_num_threads(threads)
     assert (resumed.computed, resumed.reused) == (CELLS - 3, 3)
-    assert "interrupted_at" not in json.loads((stop.run_dir / store.RUN_FILE).read_text())
+    assert "interrupted_at" not in store.read_run_json(stop.run_dir)
     pd.testing.assert_frame_equal(statistics(resumed.run_dir), reference)
 
 
@@ -118,7 +118,7 @@ def test_ctrl_c_on_a_process_pool_says_how_to_resume(reference, tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        resumed = runner.execute(REQUEST, tmp_path, run_id=run_dir.name)
+        resumed = execute.execute(REQUEST, tmp_path, run_id=run_dir.name)
     finally:
         torch.set_num_threads(threads)
     assert (resumed.computed, resumed.reused) == (CELLS - written, written)
@@ -132,7 +132,7 @@ def test_sigkill_loses_only_cells_in_flight_and_concurrent_resumes_agree(referen
     process.communicate(timeout=60)
     written = store.finished_cells(run_dir)
     assert 2 <= len(written) < CELLS
-    assert not list((run_dir / "cells").glob(".*.tmp"))  # no half-written cell left behind
+    assert not list(run_dir.glob(".*.tmp"))  # no half-written cell left behind
     # Two resumes of the same run at once: they write the same cells (atomically, with the
     # same bytes of statistics), and neither clobbers the other.
     both = [start(tmp_path, "--resume", run_dir.name) for _ in range(2)]
@@ -147,11 +147,13 @@ def test_sigkill_loses_only_cells_in_flight_and_concurrent_resumes_agree(referen
 
 
 def test_concurrent_runs_on_one_folder_never_clobber(reference, tmp_path):
-    runs = [start(tmp_path, "--set", "dim=1", "--set", "k=0") for _ in range(2)]
+    # The sweep's dim=1, k=0 part (a key given twice to --set is refused, not replaced).
+    part_sweep = [{"dim=1,5": "dim=1", "k=0,10": "k=0"}.get(arg, arg) for arg in SWEEP]
+    runs = [start(tmp_path, sweep=part_sweep) for _ in range(2)]
     for process in runs:
         _, stderr = process.communicate(timeout=120)
         assert process.returncode == 0, stderr
-    run_dirs = sorted(d for d in tmp_path.iterdir() if d.is_dir())
+    run_dirs = store.run_dirs(tmp_path)
     assert len(run_dirs) == 2
     first, second = (statistics(d) for d in run_dirs)
     assert len(first) > 0
@@ -160,5 +162,5 @@ def test_concurrent_runs_on_one_folder_never_clobber(reference, tmp_path):
     part = reference[reference["cell_id"].isin(first["cell_id"])].reset_index(drop=True)
     pd.testing.assert_frame_equal(first, part)
     for run_dir in run_dirs:
-        meta = json.loads((run_dir / store.RUN_FILE).read_text())
+        meta = store.read_run_json(run_dir)
         assert meta["run_id"] == run_dir.name and meta["cells"] == 8

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from bench import runner
-from bench.store import RESERVED_COLUMNS
-from estimators import all_estimators
-from suites import all_suites
+from gradbench.app import measure, planning
+from gradbench.core.schema import RESERVED
+from gradbench.estimators import all_estimators
+from gradbench.suites import all_suites
 
 GAUSSIAN_SETTINGS = {
     "gaussian-quadratic": [
@@ -29,7 +29,7 @@ GAUSSIAN_SETTINGS = {
 
 
 def cell(suite, settings, estimator, samples=20_000, seed=0, hyper=(), device="cpu"):
-    return runner.Cell(suite, tuple(settings.items()), estimator, tuple(hyper), device,
+    return planning.Cell(suite, tuple(settings.items()), estimator, tuple(hyper), device,
                        "float64", samples, seed)
 
 
@@ -48,7 +48,7 @@ def unbiased_cases():
 
 @pytest.mark.parametrize(("suite", "settings", "name"), list(unbiased_cases()))
 def test_unbiased_estimators_match_exact_gradient(suite, settings, name):
-    rows = runner.run_cell(cell(suite, settings, name, hyper=hyper_defaults(name)))
+    rows = measure.run_cell(cell(suite, settings, name, hyper=hyper_defaults(name)))
     bias, se = np.array(rows["bias"]), np.array(rows["bias_se"])
     assert np.all(se > 0)
     # 5 reported standard errors: a false alarm has probability ~6e-7 per coordinate.
@@ -60,7 +60,7 @@ def test_unbiased_estimators_match_exact_gradient(suite, settings, name):
 @pytest.mark.parametrize("suite", sorted(GAUSSIAN_SETTINGS))
 def test_naive_is_shown_biased(suite):
     settings = GAUSSIAN_SETTINGS[suite][0]
-    rows = runner.run_cell(cell(suite, settings, "naive", samples=100))
+    rows = measure.run_cell(cell(suite, settings, "naive", samples=100))
     assert not all_estimators()["naive"].unbiased
     np.testing.assert_array_equal(rows["mean"], 0.0)
     np.testing.assert_array_equal(rows["bias"], -np.array(rows["truth"]))
@@ -69,44 +69,44 @@ def test_naive_is_shown_biased(suite):
 
 def test_cell_results_do_not_depend_on_other_cells_or_order():
     settings = GAUSSIAN_SETTINGS["gaussian-quadratic"][0]
-    alone = runner.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=500))
-    runner.run_cell(cell("gaussian-quadratic", settings, "score-function", samples=500))
-    again = runner.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=500))
+    alone = measure.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=500))
+    measure.run_cell(cell("gaussian-quadratic", settings, "score-function", samples=500))
+    again = measure.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=500))
     assert alone["mean"] == again["mean"] and alone["variance"] == again["variance"]
-    other_seed = runner.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=500,
+    other_seed = measure.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=500,
                                       seed=1))
     assert other_seed["mean"] != alone["mean"]
 
 
 def test_plan_crosses_settings_estimators_and_hyperparameters():
-    request = runner.RunRequest(
+    request = planning.RunRequest(
         suite="gaussian-quadratic",
         estimators=("pathwise", "score-function-loo"),
-        overrides={"sigma": ["1", "2"], "dim": ["1"], "K": ["2", "5"]},
+        overrides={"sigma": ["1", "2"], "dim": ["1"], "draws": ["2", "5"]},
     )
-    the_plan = runner.plan(request)
+    the_plan = planning.plan(request)
     suite = all_suites()["gaussian-quadratic"]
     others = math.prod(len(s.default) for n, s in suite.settings.items()
                        if n not in ("sigma", "dim"))
     # pathwise: one cell per setting; LOO: two (K = 2, 5).
     assert len(the_plan.cells) == 2 * others * (1 + 2)
     loo = [c for c in the_plan.cells if c.estimator == "score-function-loo"]
-    assert {dict(c.hyperparams)["K"] for c in loo} == {2, 5}
+    assert {dict(c.hyperparams)["draws"] for c in loo} == {2, 5}
     assert len({c.cell_id for c in the_plan.cells}) == len(the_plan.cells)
 
 
 def test_names_cannot_collide_with_result_columns():
     hyper_names = {h for e in all_estimators().values() for h in e.hyperparams}
     setting_names = {s for suite in all_suites().values() for s in suite.settings}
-    assert not hyper_names & RESERVED_COLUMNS
-    assert not setting_names & RESERVED_COLUMNS
+    assert not {h.lower() for h in hyper_names} & RESERVED
+    assert not {s.lower() for s in setting_names} & RESERVED
     # A hyperparameter named like a setting would make `--set NAME=...` ambiguous.
     assert not hyper_names & setting_names
 
 
 def test_rows_have_the_documented_statistics():
     settings = GAUSSIAN_SETTINGS["gaussian-quadratic"][0]
-    rows = runner.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=1000))
+    rows = measure.run_cell(cell("gaussian-quadratic", settings, "pathwise", samples=1000))
     for column in ("mean", "mean_se", "bias", "bias_se", "variance", "variance_se", "snr",
                    "snr_se", "mse", "mse_se", "nonfinite", "seconds_per_estimate",
                    "seconds_per_estimate_se", "estimates_per_second", "truth", "truth_method"):

@@ -16,7 +16,7 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from bench.statistics import SUMMARY_KEYS, Moments
+from gradbench.core.moments import SUMMARY_KEYS, Moments
 
 EPS = float(np.finfo(np.float64).eps)
 

@@ -20,12 +20,14 @@ import torch
 from scipy import stats
 from typer.testing import CliRunner
 
-from bench import enumeration
-from bench.cli import app
-from bench.problem import Problem
-from bench.runner import Cell, RunRequest, plan, run_cell
-from suites import all_suites, get_suite
-from suites.bernoulli import (
+from gradbench.app.cli import app
+from gradbench.app.measure import run_cell
+from gradbench.app.planning import Cell, RunRequest, plan
+from gradbench.core import enumeration
+from gradbench.core.capabilities import DifferentiableCost, RelaxedCost, SeparableCost
+from gradbench.core.problem import Problem
+from gradbench.suites import all_suites, get_suite
+from gradbench.suites.bernoulli import (
     build_coupled,
     coupled_network,
     coupled_reference,
@@ -35,7 +37,7 @@ from suites.bernoulli import (
     reference_samples,
     toy_gradient,
 )
-from suites.categorical import base_logits, categorical_gradient, class_values
+from gradbench.suites.categorical import base_logits, categorical_gradient, class_values
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -301,13 +303,14 @@ def test_default_grid_problems_are_well_formed(name: str) -> None:
             (param,) = problem.params.values()
             assert param.dtype == dtype
             assert all(g.dtype == dtype for g in problem.exact_gradient.values())
-            assert problem.differentiable_cost and problem.cost_accepts_relaxed
+            assert problem.offers(DifferentiableCost) and problem.offers(RelaxedCost)
             z = problem.q().sample((5,))
-            cost = problem.cost(z)
+            cost = problem.cost(z, problem.params)
             assert cost.shape == (5,) and cost.dtype == dtype
-            if problem.cost_terms is not None:
-                assert problem.cost_terms(z).shape == (5, s["dim"])
-                torch.testing.assert_close(problem.cost_terms(z).sum(-1), cost)
+            if (separable := problem.offers(SeparableCost)) is not None:
+                terms = separable.terms(z, problem.params)
+                assert terms.shape == (5, s["dim"])
+                torch.testing.assert_close(terms.sum(-1), cost)
             else:
                 assert name == "bernoulli-coupled"
             # Relaxed inputs: [0, 1] for Bernoulli, the simplex for one-hot; differentiable.

@@ -19,10 +19,11 @@ from scipy import integrate
 from torch import Tensor
 from torch.distributions import Laplace, Normal
 
-from bench.problem import Problem
-from suites import all_suites, get_suite
-from suites.gaussian import cos_expectation, exp_expectation, quadratic_expectation
-from suites.quadrature import gauss_hermite_expectation, gauss_hermite_gradient
+from gradbench.core.capabilities import DifferentiableCost, SeparableCost
+from gradbench.core.problem import Problem
+from gradbench.suites import all_suites, get_suite
+from gradbench.suites.gaussian import cos_expectation, exp_expectation, quadratic_expectation
+from gradbench.suites.quadrature import gauss_hermite_expectation, gauss_hermite_gradient
 
 SUITES = ("gaussian-quadratic", "gaussian-exp", "gaussian-cos")
 EXPECTATIONS = {
@@ -301,15 +302,16 @@ def test_problem_shapes_and_dtype(name: str, dtype: torch.dtype) -> None:
         assert value.shape == (7,) and value.dtype == dtype and value.device.type == "cpu"
         assert torch.all(value == value[0])  # identical coordinates
     assert problem.truth_method == "analytic"
-    assert problem.differentiable_cost
+    assert problem.offers(DifferentiableCost) is not None
     assert dict(problem.settings) == s
 
     q = problem.q()
     assert isinstance(q, Normal) and q.batch_shape == (7,)
     z = torch.linspace(-3, 3, 5 * 7, dtype=dtype).reshape(5, 7)
     cost = problem.cost(z)
-    assert problem.cost_terms is not None
-    terms = problem.cost_terms(z)
+    separable = problem.offers(SeparableCost)
+    assert separable is not None
+    terms = separable.terms(z, problem.params)
     assert cost.shape == (5,) and terms.shape == (5, 7) and cost.dtype == dtype
     torch.testing.assert_close(terms.sum(-1), cost)
 
@@ -342,8 +344,9 @@ def test_costs_are_the_stated_functions() -> None:
     }
     for name, want in cases.items():
         problem = get_suite(name).problem(settings(0.0, 1.0, k))
-        assert problem.cost_terms is not None
-        torch.testing.assert_close(problem.cost_terms(z), want)
+        separable = problem.offers(SeparableCost)
+        assert separable is not None
+        torch.testing.assert_close(separable.terms(z, problem.params), want)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -354,7 +357,7 @@ def test_problem_on_cuda(name: str) -> None:
     for tensor in [*problem.params.values(), *problem.exact_gradient.values()]:
         assert tensor.device.type == "cuda"
     z = problem.q().sample((3,))
-    assert problem.cost(z).device.type == "cuda"
+    assert problem.cost(z, problem.params).device.type == "cuda"
     quad = gauss_hermite_gradient(problem)
     for key, want in problem.exact_gradient.items():
         assert quad[key].device.type == "cuda"
@@ -364,7 +367,7 @@ def test_problem_on_cuda(name: str) -> None:
 # ---------------------------------------------------------------- the quadrature route itself
 
 
-def _quadratic_terms(z: Tensor) -> Tensor:
+def _quadratic_terms(z: Tensor, params: object = None) -> Tensor:
     return z**2
 
 
@@ -372,8 +375,8 @@ def test_gauss_hermite_rejects_non_normal() -> None:
     problem = Problem(
         params={"loc": torch.zeros(2), "scale": torch.ones(2)},
         distribution=lambda loc, scale: Laplace(loc, scale),
-        cost=lambda z: _quadratic_terms(z).sum(-1),
-        cost_terms=_quadratic_terms,
+        cost=lambda z, params=None: _quadratic_terms(z).sum(-1),
+        capabilities=(SeparableCost(_quadratic_terms),),
     )
     with pytest.raises(ValueError, match="Normal"):
         gauss_hermite_gradient(problem)
@@ -382,9 +385,9 @@ def test_gauss_hermite_rejects_non_normal() -> None:
 def test_gauss_hermite_rejects_non_separable_cost() -> None:
     problem = get_suite("gaussian-quadratic").problem(settings(0.0, 1.0, 1.0))
     no_terms = Problem(params=problem.params, distribution=problem.distribution, cost=problem.cost)
-    with pytest.raises(ValueError, match="cost_terms"):
+    with pytest.raises(ValueError, match="SeparableCost"):
         gauss_hermite_gradient(no_terms)
-    with pytest.raises(ValueError, match="cost_terms"):
+    with pytest.raises(ValueError, match="SeparableCost"):
         gauss_hermite_expectation(no_terms)
 
 
@@ -403,8 +406,8 @@ def test_gauss_hermite_follows_other_parameterisations() -> None:
     problem = Problem(
         params={"mu": mu, "log_sigma": log_sigma},
         distribution=lambda mu, log_sigma: Normal(mu, log_sigma.exp()),
-        cost=lambda z: _quadratic_terms(z).sum(-1),
-        cost_terms=_quadratic_terms,
+        cost=lambda z, params=None: _quadratic_terms(z).sum(-1),
+        capabilities=(SeparableCost(_quadratic_terms),),
     )
     grad = gauss_hermite_gradient(problem, 8)
     assert grad["mu"].dtype == torch.float32

@@ -1,0 +1,1 @@
+"""gradbench's application layer: planning, measuring, executors, table, report, check, CLI."""

@@ -1,0 +1,409 @@
+"""The `bench` command line: parse, validate, print. The work happens in runner/store/report."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gradbench.app.errors import USER_ERRORS, BenchError
+from gradbench.core.version import __version__
+
+# Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
+console = Console() if Console().is_terminal else Console(width=160)
+err_console = Console(stderr=True)
+class _Group(typer.core.TyperGroup):
+    """Turns BenchError into one line on stderr and exit code 2, never a traceback."""
+
+    def invoke(self, ctx):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except USER_ERRORS as error:
+            err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished cells are kept; rerun the same command "
+                              "with --resume RUN_ID to compute only the missing ones")
+            raise typer.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="gradbench: measure Monte Carlo gradient estimators' bias, variance and cost.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"gradbench {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """gradbench: measure Monte Carlo gradient estimators' bias, variance and cost."""
+
+
+def _load_plugins(specs: list[str] | None) -> tuple[str, ...]:
+    """Import each --plugin here (the workers import them again); one-line errors."""
+    from gradbench.core.plugins import load_plugin
+
+    for spec in specs or ():
+        try:
+            load_plugin(spec)
+        except ValueError as error:
+            raise BenchError(str(error)) from None
+        except Exception as error:
+            raise BenchError(f"--plugin {spec} failed to import: {type(error).__name__}: "
+                             f"{error}") from None
+    return tuple(specs or ())
+
+
+PluginOption = Annotated[list[str] | None, typer.Option(
+    "--plugin", help="Module name or .py path that registers estimators or suites (repeatable); "
+    "imported here and in every worker.")]
+class ShowFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+@app.command("list")
+def list_command(plugin: PluginOption = None) -> None:
+    """List estimators (family, unbiased?, what they apply to) and suites (settings, defaults)."""
+    from gradbench.core.estimator import all_estimators
+    from gradbench.core.plugins import failures
+    from gradbench.core.suite import all_suites
+
+    _load_plugins(plugin)
+
+    estimators = Table(title="Estimators")
+    for column in ("name", "family", "unbiased", "applies to", "evals/estimate", "hyperparameters"):
+        estimators.add_column(column)
+    for est in all_estimators().values():
+        hypers = ", ".join(f"{h.name}={h.default}" for h in est.hyperparams.values()) or "-"
+        estimators.add_row(f"{est.name} v{est.version}", est.family,
+                           "yes" if est.unbiased else "[red]no[/red]",
+                           est.applies_to, est.evals_text, hypers)
+    console.print(estimators)
+    suites = Table(title="Suites")
+    for column in ("name", "description", "settings (default grid)", "offers", "samples"):
+        suites.add_column(column)
+    for suite in all_suites().values():
+        settings = "\n".join(f"{s.name} = {', '.join(map(str, s.defaults))}"
+                             for s in suite.settings.values())
+        offers = "\n".join(kind.title for kind in suite.offers) or "-"
+        suites.add_row(f"{suite.name} v{suite.version}", suite.description, settings, offers,
+                       f"{suite.default_samples:,}")
+    console.print(suites)
+    for name, error in failures().items():
+        err_console.print(f"[yellow]warning[/yellow] plugin {name} failed to load: {error}",
+                          highlight=False, soft_wrap=True)
+
+
+@app.command("run")
+def run_command(
+    suite: Annotated[str, typer.Option("--suite", "-s", help="Suite to run (see `bench list`).")],
+    estimator: Annotated[list[str] | None, typer.Option(
+        "--estimator", "-e", help="Estimator to include (repeatable); default: all that apply.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=V1,V2,... replaces a setting's default values (repeatable; the run "
+        "covers the cross product). Estimator hyperparameters too: K=2,4 or "
+        "score-function-loo.K=2,4.")] = None,
+    samples: Annotated[int | None, typer.Option(
+        help="Independent gradient estimates per cell (default: the suite's).")] = None,
+    seed: Annotated[int, typer.Option(help="Base seed; every cell derives its own from it.")] = 0,
+    device: Annotated[list[str] | None, typer.Option(
+        help="cpu or cuda (repeatable to run both).")] = None,
+    dtype: Annotated[str, typer.Option(help="float64 or float32.")] = "float64",
+    out: Annotated[Path, typer.Option(help="Results root folder.")] = Path("results"),
+    resume: Annotated[str | None, typer.Option(
+        help="Run id to complete: only its missing cells are computed.")] = None,
+    threads: Annotated[int, typer.Option(
+        help="torch intra-op threads (recorded with the results). 1 is fastest for cache-sized "
+        "chunks and keeps timings stable on a shared machine.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="Where cells run: local (this process), processes (a pool of worker processes) or "
+        "dask (a local Dask cluster, or the one at --scheduler; needs the dask extra: pip install "
+        "dask distributed). Same numbers on each (CPU).")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes for --executor processes or dask (default: CPU cores).")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler (tcp://host:8786) for --executor dask.")
+    ] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Run a suite: every applicable estimator over its grid; write parquet; print a table."""
+    from gradbench.app import execute as runner
+    from gradbench.app import planning
+    from gradbench.app.executors import make_executor
+    from gradbench.app.process import configure
+    from gradbench.app.table import summary_table
+    from gradbench.results import store
+
+    if threads < 1:
+        raise BenchError(f"--threads {threads}: need at least 1")
+    configure(threads)
+    plugins = _load_plugins(plugin)
+    pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
+                         plugins=plugins)
+    request = planning.RunRequest(
+        suite=suite,
+        estimators=tuple(estimator or ()),
+        overrides=planning.parse_assignments(set_ or ()),
+        samples=samples,
+        seed=seed,
+        devices=tuple(device or ("cpu",)),
+        dtype=dtype,
+    )
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("{task.fields[cell]}"))
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(f"{suite}", total=None, cell="planning")
+
+        def on_cell(cell: planning.Cell, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total,
+                            cell=f"{cell.estimator} {dict(cell.settings)}")
+
+        def on_start(run_id: str, run_dir: Path, todo: int, total: int) -> None:
+            # First, so that even a killed run (no chance to say more) has told its run id.
+            reused = f", {total - todo} already done" if todo < total else ""
+            err_console.print(f"run {run_id}: {todo} of {total} cells to compute{reused} "
+                              f"({pool.name} executor) -> {run_dir}", highlight=False,
+                              soft_wrap=True)
+
+        try:
+            with _sigterm_as_interrupt():
+                outcome = runner.execute(request, out, command=store.command_line(),
+                                         run_id=resume, on_cell=on_cell, executor=pool,
+                                         on_start=on_start)
+        except runner.RunInterrupted as stop:
+            err_console.print(f"interrupted: {stop.written} of {stop.total} cells are written in "
+                              f"{stop.run_dir}; to compute only the missing ones, run:\n  "
+                              f"{_resume_command(stop.run_id)}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(130) from None
+    note = f" ({outcome.reused} cells reused)" if outcome.reused else ""
+    if store.finished_cells(outcome.run_dir):
+        frame = store.read_results(outcome.run_dir)
+        console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
+        _print_skipped(outcome.plan.skipped)
+        _print_nonfinite(frame)
+        console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
+                      f"{outcome.run_dir}")
+    if outcome.failed:
+        for failure in outcome.failed:
+            err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} "
+                              f"{failure['settings']} {failure['hyperparams'] or ''} on "
+                              f"{failure['device']}: {failure['reason']}", highlight=False,
+                              soft_wrap=True)
+        err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.cells)} cells failed "
+                          f"(listed in {store.run_json_path(outcome.run_dir)}); the others are "
+                          f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
+                          "the failed ones", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _resume_command(run_id: str) -> str:
+    """The command line that was run, with --resume RUN_ID (once)."""
+    import shlex
+
+    args = sys.argv[1:]
+    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
+        args = [*args, "--resume", run_id]
+    return shlex.join(["bench", *args])
+
+
+class _sigterm_as_interrupt:
+    """`kill PID` (SIGTERM) ends a run like Ctrl-C: finished cells kept, resume command shown."""
+
+    def __enter__(self) -> None:
+        import signal
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        try:
+            self._old = signal.signal(signal.SIGTERM, interrupt)
+        except ValueError:  # not the main thread (e.g. called from a thread): leave it alone
+            self._old = None
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def _value(value: object) -> str:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:g}"
+    return str(value)
+
+
+def _print_skipped(skipped) -> None:
+    """One line per reason: the estimators it excludes, and on how many settings each."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for skip in skipped:
+        counts = by_reason.setdefault(skip.reason, {})
+        counts[skip.estimator] = counts.get(skip.estimator, 0) + 1
+    for reason, counts in sorted(by_reason.items()):
+        if len(set(counts.values())) == 1:  # the usual case: excluded on the same settings
+            count = next(iter(counts.values()))
+            each = " each" if len(counts) > 1 else ""
+            names = f"{', '.join(sorted(counts))} ({count} setting{'s' * (count > 1)}{each})"
+        else:
+            names = ", ".join(f"{name} ({n} settings)" for name, n in sorted(counts.items()))
+        console.print(f"[yellow]skipped[/yellow] {names}: not applicable: {reason}",
+                      highlight=False)
+
+
+def _print_nonfinite(frame) -> None:
+    if "nonfinite" in frame and frame["nonfinite"].sum() > 0:
+        bad = frame[frame["nonfinite"] > 0].groupby("estimator")["nonfinite"].sum()
+        for name, count in bad.items():
+            console.print(f"[yellow]warning[/yellow] {name}: {count} non-finite estimates "
+                          "(NaN/Inf) were excluded from the statistics")
+
+
+@app.command("show")
+def show_command(
+    results: Annotated[Path, typer.Argument(help="A results .parquet file or a results folder.")],
+    format: Annotated[ShowFormat, typer.Option("--format", "-f")] = ShowFormat.table,
+) -> None:
+    """Show results: a summary table, or every tidy row as CSV or JSON."""
+    from gradbench.app.table import summary_table
+    from gradbench.results import store
+
+    frame = store.read_results(results)
+    if format is ShowFormat.table:
+        for suite, part in frame.groupby("suite", sort=True):
+            console.print(summary_table(part, title=str(suite)))
+    elif format is ShowFormat.csv:
+        frame.to_csv(sys.stdout, index=False)
+    else:
+        sys.stdout.write(frame.to_json(orient="records", lines=True))
+
+
+@app.command("check")
+def check_command(
+    current: Annotated[Path, typer.Argument(
+        help="Results to check: a .parquet file or a run/results folder.")],
+    baseline: Annotated[Path, typer.Option(
+        "--baseline", "-b", help="Results to compare with (e.g. results/baseline).")],
+    tolerance: Annotated[float | None, typer.Option(
+        help="Variance ratio current/baseline that a significant increase must exceed to fail "
+        "(default 1.15).")] = None,
+    alpha: Annotated[float | None, typer.Option(
+        help="Level of the tests: the chance that a clean run fails, Benjamini-Hochberg over "
+        "all rows (default 0.005).")] = None,
+    markdown: Annotated[Path | None, typer.Option(
+        help="Also write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")] = None,
+    allow_missing: Annotated[bool, typer.Option(
+        help="Baseline cells absent from CURRENT are reported but do not fail.")] = False,
+) -> None:
+    """Statistical regression gate: exit 1 if a variance rose significantly above --tolerance,
+    an unbiased estimator shows significant bias, or a baseline cell is missing; 0 if clean."""
+    from gradbench.app import check, check_summary
+    from gradbench.results import store
+
+    result = check.compare(
+        store.read_results(current), store.read_results(baseline),
+        tolerance=check.DEFAULT_TOLERANCE if tolerance is None else tolerance,
+        alpha=check.DEFAULT_ALPHA if alpha is None else alpha,
+        allow_missing=allow_missing,
+    )
+    if markdown is not None:
+        try:
+            markdown.write_text(check_summary.to_markdown(result))
+        except OSError as error:
+            raise BenchError(f"cannot write --markdown {markdown}: {error.strerror or error}; "
+                             "choose a writable file") from None
+    cells = check_summary.failing_cells(result)
+    if len(cells):
+        table = Table(title="regressions (worst coordinate of each cell and parameter)",
+                      caption="ratio: variance current/baseline; z: one-sided log-ratio test; "
+                      "q: Benjamini-Hochberg adjusted", caption_justify="left")
+        for column in ("suite", "settings", "estimator", "param", "verdict", "coords",
+                       "ratio", "z", "q", "bias ± SE", "bias z"):
+            table.add_column(column, justify="left" if column in ("settings",) else "right")
+        for row in cells.head(60).itertuples(index=False):
+            table.add_row(row.suite, row.settings, row.estimator, row.param,
+                          f"[red]{row.verdict}[/red]", f"{row.coords}/{row.of}",
+                          _num(row.ratio), _num(row.z_variance), _num(row.q_variance, 2),
+                          f"{_num(row.bias_c)} ± {_num(row.bias_se_c, 2)}",
+                          _num(row.z_bias))
+        console.print(table)
+        if len(cells) > 60:
+            console.print(f"... and {len(cells) - 60} more (see --markdown)")
+    for frame, title in ((result.missing, "missing from current"),
+                         (result.new, "new in current (informational)"),
+                         (result.changed, "not comparable: version changed (informational)")):
+        if len(frame):
+            listing = Table(title=f"{title}: {len(frame)} cells")
+            for column in frame.columns:
+                listing.add_column(column)
+            for row in frame.head(30).itertuples(index=False):
+                listing.add_row(*[str(v) for v in row])
+            console.print(listing)
+    summary = Table(title="per estimator")
+    for column in ("estimator", "cells", "rows", "median ratio", "variance regr.", "bias regr."):
+        summary.add_column(column, justify="left" if column == "estimator" else "right")
+    for row in check_summary.per_estimator(result).itertuples(index=False):
+        summary.add_row(row.estimator, str(row.cells), str(row.rows), _num(row.median_ratio),
+                        str(row.variance_regressions), str(row.bias_regressions))
+    console.print(summary)
+    for warning in result.warnings:
+        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False)
+    *lines, status = check_summary.summary_lines(result)
+    for line in lines:
+        console.print(line, highlight=False)
+    if result.failed:
+        console.print(f"[bold red]{status}[/bold red]")
+        raise typer.Exit(1)
+    console.print(f"[bold green]{status}[/bold green]")
+
+
+def _num(value: float, digits: int = 3) -> str:
+    return "" if value is None or value != value else f"{value:.{digits}g}"
+
+
+@app.command("report")
+def report_command(
+    results: Annotated[list[Path], typer.Argument(
+        help="Result .parquet files or folders: several runs, suites and devices combine.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Report folder (default: reports/<run id>, or reports/<timestamp> for several "
+        "runs).")] = None,
+) -> None:
+    """Write a comparison report: PNG figures, index.html, report.md and CSV tables."""
+    from gradbench.app.report.builder import build_report
+
+    folder = build_report(results, out)
+    console.print(f"wrote report: {folder / 'index.html'}")
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

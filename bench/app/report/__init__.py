@@ -1,0 +1,1 @@
+"""`bench report`: statistics (summaries), figures, suite sections and the page builder."""

@@ -1,0 +1,83 @@
+"""Structure as declared capabilities, in the spirit of torch.distributions' `has_rsample`.
+
+A suite's Problem offers capabilities (instances, carrying what an estimator needs to use the
+structure); an estimator declares Requirements (gradbench.core.requirements), each a check that
+returns None when the problem has what it needs and the reason otherwise. `bench list` shows
+both sides. Problem gains no field per estimator family: a new family that exploits new
+structure adds a Capability here (or in its own module) and a Requirement on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import Tensor
+
+Params = Mapping[str, Tensor]
+
+
+class Capability:
+    """Base of every capability. `title` and `summary` are what `bench list` prints."""
+
+    title: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class DifferentiableCost(Capability):
+    """f is differentiable in z almost everywhere and autograd computes df/dz."""
+
+    title: ClassVar[str] = "differentiable cost"
+    summary: ClassVar[str] = "df/dz exists a.e. and autograd computes it"
+
+
+@dataclass(frozen=True)
+class RelaxedCost(Capability):
+    """For discrete q: f is also defined, and differentiable, on the continuous relaxation of
+    the support ([0, 1] for Bernoulli, the simplex for one-hot categoricals)."""
+
+    title: ClassVar[str] = "relaxed cost"
+    summary: ClassVar[str] = "f is defined and differentiable on the relaxed support"
+
+
+@dataclass(frozen=True)
+class SeparableCost(Capability):
+    """f(z) = sum_i f_i(z_i): `terms(z, params)` gives the per-coordinate terms [m, coords] for
+    z [m, *sample_shape] (coordinates flattened in q's batch order)."""
+
+    terms: Callable[[Tensor, Params], Tensor]
+    title: ClassVar[str] = "separable cost"
+    summary: ClassVar[str] = "f is a sum of per-coordinate terms"
+
+
+@dataclass(frozen=True)
+class CostGradient(Capability):
+    """A closed form of df/dz: `grad(z, params)` -> [m, *sample_shape], row i the gradient of
+    f(z_i) in z_i. Offered only for costs that do not depend on the parameters directly."""
+
+    grad: Callable[[Tensor, Params], Tensor]
+    title: ClassVar[str] = "closed-form df/dz"
+    summary: ClassVar[str] = "df/dz in closed form (fused pathwise paths)"
+
+
+@dataclass(frozen=True)
+class GaussianLinearLayer(Capability):
+    """q is a mean-field Gaussian over the weights (and bias) of one linear map, and the cost
+    depends on them only through the pre-activations A = X W^T + b of a minibatch X.
+
+    inputs: X [B, in].
+    moments(params) -> (w_mean [.., out, in], w_std [.., out, in], b_mean [.., out] | None,
+        b_std [.., out] | None), differentiable in params (per-sample copies carry a leading
+        batch dimension, which the outputs keep).
+    head(A, params) -> [m]: the cost from pre-activations A [m, B, out] (the parameters are
+        passed for any direct term, such as an analytic KL).
+    """
+
+    inputs: Tensor
+    moments: Callable[[Params], tuple[Tensor, Tensor, Tensor | None, Tensor | None]]
+    head: Callable[[Tensor, Params], Tensor]
+    title: ClassVar[str] = "Gaussian linear layer"
+    summary: ClassVar[str] = ("mean-field Gaussian weights of a linear map; f depends on them "
+                              "only through the pre-activations X W^T + b")

@@ -1,0 +1,116 @@
+"""Statistical decisions, in one place: is a bias significant, is a variance larger, what is
+rounding. The terminal table, the report, `bench check` and the pytest plugin all call these
+(asv's single `is_different`, here for a bias and a variance ratio).
+
+- Rounding floor: a deterministic estimator (exact enumeration) computes the truth by another
+  route, so a bias of a few ulps must not look significant when its SE is 0. The floor is
+  sqrt(eps) of the dtype, relative to the larger of |truth| and |mean|: enumeration sums terms
+  much larger than their total (a truth of 1e-4 from terms of 0.25 carries errors of ~1e-17).
+- Bias z: |bias| / sqrt(bias_se^2 + floor^2), NaN where there is no truth.
+- Within one cell (table, report): biased when the largest z exceeds
+  max(4, Phi^-1(1 - alpha / (2 m))), m the coordinates tested: a Bonferroni bound keeps the
+  per-cell false-alarm rate below alpha however many coordinates the cell has.
+- Across a whole gate (`bench check`): the same z, then Benjamini-Hochberg (app.check explains).
+- Variance ratio: one-sided z on log(v_c / v_b) with the delta-method SE
+  sqrt((se_c / v_c)^2 + (se_b / v_b)^2), optionally against a margin log(tolerance).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+import torch
+
+CELL_ALPHA = 1e-3  # per-cell false-alarm rate of the bias decision (table, report)
+MIN_Z = 4.0  # never call a bias significant below 4 SE
+
+
+def rounding_tolerance(dtype: str) -> float:
+    """The relative difference floating-point rounding alone can explain between two routes to
+    one deterministic number: sqrt(eps) of the dtype, half its digits."""
+    return math.sqrt(torch.finfo(torch.float32 if dtype == "float32" else torch.float64).eps)
+
+
+def rounding_floor(dtype: np.ndarray, *magnitudes: np.ndarray) -> np.ndarray:
+    """Per row: rounding_tolerance(dtype) x the largest |magnitude| given (NaN counts as 0)."""
+    dtype = np.asarray(dtype, dtype=object)
+    eps = np.array([rounding_tolerance(str(d)) for d in dtype.ravel()], dtype=np.float64)
+    stacked = np.abs(np.column_stack([np.asarray(m, dtype=np.float64).ravel()
+                                      for m in magnitudes]))
+    scale = np.nan_to_num(np.nanmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=1),
+                          nan=0.0, neginf=0.0)
+    return eps.reshape(dtype.shape) * scale.reshape(dtype.shape)
+
+
+def normal_sf(z: np.ndarray) -> np.ndarray:
+    """P(Z > z) for standard normal Z, accurate far into the tail (erfc, no 1 - cdf
+    cancellation); NaN stays NaN, +inf gives 0."""
+    z = np.asarray(z, dtype=np.float64)
+    return 0.5 * torch.special.erfc(torch.from_numpy(z / math.sqrt(2.0))).numpy()
+
+
+def normal_isf(p: float) -> float:
+    """z with P(Z > z) = p (0 < p < 1), by bisection on erfc (no scipy): 80 halvings of
+    [-40, 40] are below float64 resolution."""
+    low, high = -40.0, 40.0
+    for _ in range(80):
+        mid = 0.5 * (low + high)
+        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > p:
+            low = mid
+        else:
+            high = mid
+    return 0.5 * (low + high)
+
+
+def bias_z(bias: np.ndarray, bias_se: np.ndarray, truth: np.ndarray, mean: np.ndarray,
+           dtype: np.ndarray) -> np.ndarray:
+    """|bias| / SE per row, the SE with the rounding floor added in quadrature. NaN where there
+    is no truth, and where bias and SE are both exactly 0 (exact and exactly known: no test)."""
+    bias = np.asarray(bias, dtype=np.float64)
+    floor = rounding_floor(dtype, truth, mean)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = np.sqrt(np.asarray(bias_se, dtype=np.float64) ** 2 + floor**2)
+        return np.abs(bias) / se
+
+
+@functools.lru_cache(maxsize=1024)
+def bias_threshold(tests: int, alpha: float = CELL_ALPHA) -> float:
+    """The z above which a cell with `tests` tested coordinates counts as biased."""
+    return max(MIN_Z, normal_isf(alpha / (2 * max(1, int(tests)))))
+
+
+def two_sided_p(z: np.ndarray) -> np.ndarray:
+    return np.minimum(2.0 * normal_sf(z), 1.0)
+
+
+def log_ratio_se(v_c: np.ndarray, se_c: np.ndarray, v_b: np.ndarray, se_b: np.ndarray
+                 ) -> np.ndarray:
+    """SE of log(v_c / v_b) by the delta method, SE(log v) = SE(v) / v, sides independent."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return np.sqrt((se_c / v_c) ** 2 + (se_b / v_b) ** 2)
+
+
+def variance_z(ratio: np.ndarray, log_se: np.ndarray, margin: np.ndarray | float = 0.0
+               ) -> np.ndarray:
+    """One-sided z for "current variance > baseline variance x exp(margin)" on the log scale,
+    from the ratio v_c / v_b and log_ratio_se."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return (np.log(ratio) - margin) / log_se
+
+
+def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
+    """BH adjusted p-values (q-values): reject at level alpha where q <= alpha. NaN p-values are
+    not tests: they stay NaN and do not count in m."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    m = valid.size
+    if m == 0:
+        return q
+    order = valid[np.argsort(p[valid], kind="stable")]
+    scaled = p[order] * m / np.arange(1, m + 1)
+    # q_(i) = min over j >= i of p_(j) m / j: a running minimum from the largest p down.
+    q[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
