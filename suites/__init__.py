@@ -15,6 +15,7 @@ from gradbench.core.capabilities import (
 from gradbench.core.params import at_least, between, finite, one_of, positive
 from gradbench.core.problem import Problem
 from gradbench.core.suite import Setting, Suite, all_suites, get_suite, register_suite
+from gradbench.core.training import Evaluation, Trainer
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
@@ -23,12 +24,14 @@ for _module in pkgutil.iter_modules(__path__):
 __all__ = [
     "CostGradient",
     "DifferentiableCost",
+    "Evaluation",
     "GaussianLinearLayer",
     "Problem",
     "RelaxedCost",
     "SeparableCost",
     "Setting",
     "Suite",
+    "Trainer",
     "all_suites",
     "at_least",
     "between",

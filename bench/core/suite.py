@@ -18,6 +18,7 @@ from gradbench.core.capabilities import Capability
 from gradbench.core.names import unknown_name
 from gradbench.core.params import Param
 from gradbench.core.problem import Problem
+from gradbench.core.training import Trainer, TrainerFactory
 
 Setting = Param  # one spec class for settings and hyperparameters
 
@@ -32,6 +33,21 @@ class Suite:
     version: int = 1
     offers: tuple[type[Capability], ...] = ()
     check_combination: Callable[..., str | None] | None = None
+    trainer_factory: TrainerFactory | None = None
+
+    @property
+    def trainable(self) -> bool:
+        return self.trainer_factory is not None
+
+    def trainer(self, settings: Mapping[str, Any], device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float64) -> Trainer:
+        """The suite's Trainer at `settings` (see gradbench.core.training)."""
+        if self.trainer_factory is None:
+            raise ValueError(f"suite {self.name} cannot be trained (it registers no trainer)")
+        reason = self.validate(settings)
+        if reason is not None:
+            raise ValueError(f"suite {self.name}: {reason}")
+        return self.trainer_factory(**settings, device=torch.device(device), dtype=dtype)
 
     def problem(self, settings: Mapping[str, Any], device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float64) -> Problem:
@@ -74,10 +90,12 @@ def register_suite(
     version: int = 1,
     offers: tuple[type[Capability], ...] = (),
     check_combination: Callable[..., str | None] | None = None,
+    trainer: TrainerFactory | None = None,
 ) -> Callable[[Callable[..., Problem]], Callable[..., Problem]]:
     """Register a suite builder. `offers`: the capability types its problems may offer (shown by
     `bench list`). `version`: bump it when the problems change (cost, truth, grid meaning), so
-    `bench check` reports old baselines as not comparable."""
+    `bench check` reports old baselines as not comparable. `trainer`: for suites `bench train`
+    can train, (**settings, device=, dtype=) -> Trainer (gradbench.core.training)."""
 
     def decorate(build: Callable[..., Problem]) -> Callable[..., Problem]:
         if name in _REGISTRY:
@@ -90,7 +108,7 @@ def register_suite(
         _REGISTRY[name] = Suite(
             name=name, description=doc[0] if doc else "", settings={s.name: s for s in settings},
             build=build, default_samples=samples, version=version, offers=tuple(offers),
-            check_combination=check_combination,
+            check_combination=check_combination, trainer_factory=trainer,
         )
         return build
 
