@@ -9,7 +9,7 @@ claims float64 exactness. torch's digamma itself is accurate (<= 1e-14 relative,
 
 Written here rather than taken from scipy: scipy is a development dependency only, and the two
 functions need ~20 lines. The method is the textbook one (Abramowitz & Stegun 6.4.6, 6.4.12):
-    trigamma(x) = sum_{j<J} 1/(x + j)^2 + trigamma(x + J)     (recurrence psi1(x) = psi1(x+1) + 1/x^2)
+    trigamma(x) = sum_{j<J} 1/(x + j)^2 + trigamma(x + J)   (from psi1(x) = psi1(x+1) + 1/x^2)
     trigamma(y) ~ 1/y + 1/(2 y^2) + sum_k B_2k / y^(2k+1)      (asymptotic, y >= 20)
 With y >= 20 and Bernoulli numbers through B_14, the first omitted term, B_16 / y^17 = 7.1 / 20^17,
 is below 1e-21 relative to trigamma(y) ~ 1/y: the error is float64 rounding in the <= 20 + 9 terms.
