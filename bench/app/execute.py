@@ -120,6 +120,7 @@ def request_to_json(request: RunRequest) -> dict[str, Any]:
         "seed": request.seed,
         "devices": list(request.devices),
         "dtype": request.dtype,
+        "coords": request.coords,
     }
 
 

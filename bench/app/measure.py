@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,12 +14,16 @@ import torch
 
 from gradbench.app.planning import DTYPES, Cell
 from gradbench.app.timing import ChunkTimer, device_name
+from gradbench.core import uncertainty
+from gradbench.core.aggregates import TENSOR_KEYS, aggregate
 from gradbench.core.estimator import Estimator, get_estimator
 from gradbench.core.moments import Moments
 from gradbench.core.problem import Problem
+from gradbench.core.rare_states import at_columns, rare_states
 from gradbench.core.seeding import derive_seed, seeded
-from gradbench.core.streaming import StreamingMoments
+from gradbench.core.streaming import GroupSums, StreamingMoments, Tails
 from gradbench.core.suite import get_suite
+from gradbench.core.tail_index import tail_size
 from gradbench.results.store import canonical_json
 
 # Bytes of one parameter's float64 estimates per chunk on the CPU: keeps temporaries cache-sized
@@ -104,13 +109,38 @@ def _warmup_state(cell: Cell, estimator: Estimator, problem: Problem, device: to
         return {"state": estimator.warmup(problem, **cell.hyperparams_dict())}
 
 
+@dataclass(frozen=True)
+class Measured:
+    """Everything a cell's statistics are built from, for all parameters side by side."""
+
+    moments: Moments
+    groups: GroupSums
+    tails: Tails
+    chunks: int
+
+
+def _layout(problem: Problem, coords: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
+    """Column ranges of the parameters in the stacked estimates, and the columns that get
+    coordinate rows (and tail diagnostics): the first `coords` of each parameter."""
+    blocks, tracked, offset = [], [], 0
+    for value in problem.params.values():
+        size = int(value.numel())
+        blocks.append((offset, offset + size))
+        tracked.append(torch.arange(offset, offset + min(size, coords)))
+        offset += size
+    return blocks, torch.cat(tracked)
+
+
 def _measure(cell: Cell, estimator: Estimator, problem: Problem, device: torch.device,
-             size: int) -> tuple[Moments, ChunkTimer, int]:
+             size: int) -> tuple[Measured, ChunkTimer]:
     """Stream the cell's estimates, chunk by chunk, into moments; time the estimator alone."""
     hyper = cell.hyperparams_dict()
     state = _warmup_state(cell, estimator, problem, device)
+    blocks, tracked = _layout(problem, cell.coords)
     # One accumulator for all parameters, on the device: no host round-trip per chunk.
-    stats = StreamingMoments(problem.numel, device)
+    stats = StreamingMoments(problem.numel, device, samples=cell.samples,
+                             tail_coords=tracked.to(device),
+                             tail_size=tail_size(cell.samples) + 1, blocks=blocks)
     # Time from the second chunk on when two or more timed chunks remain (an SE needs 2).
     timer = ChunkTimer(device, discard_first=math.ceil(cell.samples / size) >= 3)
     done = index = 0
@@ -128,45 +158,89 @@ def _measure(cell: Cell, estimator: Estimator, problem: Problem, device: torch.d
             del estimates  # free this chunk's tensors before the next one is drawn
             done += m
             index += 1
-    return stats.moments(), timer, index
+    return Measured(stats.moments(), stats.groups(), stats.tails(), index), timer
 
 
-def _split(merged: Moments, problem: Problem) -> dict[str, Moments]:
-    """The merged [C] moments cut back into one Moments per parameter."""
-    out, offset = {}, 0
-    for name, value in problem.params.items():
-        part = slice(offset, offset + value.numel())
-        out[name] = Moments(count=merged.count[part], mean=merged.mean[part],
-                            m2=merged.m2[part], m3=merged.m3[part], m4=merged.m4[part],
-                            nonfinite=merged.nonfinite[part])
-        offset += value.numel()
-    return out
+def _truths(problem: Problem, name: str, device: torch.device
+            ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    truth = truth_se = None
+    if problem.exact_gradient is not None:
+        truth = problem.exact_gradient[name].detach().reshape(-1).to(device, torch.float64)
+    if problem.truth_se is not None:
+        truth_se = problem.truth_se[name].detach().reshape(-1).to(device, torch.float64)
+    return truth, truth_se
 
 
-def _coordinate_columns(problem: Problem, moments: Mapping[str, Moments],
+def _statistics_columns(problem: Problem, measured: Measured, coords: int,
                         device: torch.device) -> dict[str, list]:
+    """Rows per parameter: `coord` rows for its first `coords` coordinates, then its `tensor`
+    row (coord = -1)."""
     columns: dict[str, list] = {}
-    for name, value in problem.params.items():
-        truth = truth_se = None
-        if problem.exact_gradient is not None:
-            truth = problem.exact_gradient[name].detach().reshape(-1).to(device, torch.float64)
-        if problem.truth_se is not None:
-            truth_se = problem.truth_se[name].detach().reshape(-1).to(device, torch.float64)
-        summary = moments[name].summarize(truth, truth_se)
-        coords = value.numel()
-        nan = np.full(coords, np.nan)
-        block = {
-            "param": [name] * coords,
-            "level": ["coord"] * coords,
-            "coord": list(range(coords)),
-            "truth": truth.cpu().numpy() if truth is not None else nan,
-            "truth_se": (truth_se.cpu().numpy() if truth_se is not None else
-                         np.zeros(coords) if truth is not None else nan),
-            **summary,
-        }
-        for key, column in block.items():
-            columns.setdefault(key, []).extend(np.asarray(column).tolist())
+    rare = rare_states(problem)
+    tail_column = 0
+    blocks = _layout(problem, coords)[0]
+    for index, (name, (start, stop)) in enumerate(zip(problem.params, blocks, strict=True)):
+        truth, truth_se = _truths(problem, name, device)
+        size = stop - start
+        shown = min(size, coords)
+        block = slice(start, stop)
+        part = slice(start, start + shown)
+        summary = uncertainty.summarize(
+            uncertainty.select(measured.moments, part),
+            uncertainty.select_groups(measured.groups, part),
+            measured.tails.deviations[:, tail_column:tail_column + shown],
+            None if truth is None else truth[:shown],
+            None if truth_se is None else truth_se[:shown],
+            at_columns(rare, name, slice(0, shown)))
+        tail_column += shown
+        tensor = aggregate(uncertainty.select(measured.moments, block),
+                           uncertainty.select_groups(measured.groups, block),
+                           measured.tails.norms[:, index],
+                           truth, truth_se, at_columns(rare, name, slice(None)))
+        if size == 1 and shown == 1:
+            # One coordinate: the tensor row repeats its variance statistics (the coordinate's
+            # may be exact for two values, which the tensor's jackknife does not know).
+            tensor.update({k: summary[k][0].item() if hasattr(summary[k][0], "item")
+                           else summary[k][0] for k in _ONE_COORDINATE})
+        _append(columns, _coordinate_block(name, size, shown, truth, truth_se, summary))
+        _append(columns, {"param": [name], "level": ["tensor"], "coord": [-1],
+                          "truth_se": [tensor.pop("truth_se")],
+                          "param_size": [tensor.pop("coords")],
+                          **{k: [v] for k, v in tensor.items()}})
     return columns
+
+
+_ONE_COORDINATE = ("variance", "variance_se", "variance_lo", "variance_hi", "variance_df",
+                   "tail_index", "reliable", "mean_reliable", "reliability_reason",
+                   "samples_needed")
+
+
+def _coordinate_block(name: str, size: int, shown: int, truth: torch.Tensor | None,
+                      truth_se: torch.Tensor | None, summary: dict[str, np.ndarray]
+                      ) -> dict[str, object]:
+    nan = np.full(shown, np.nan)
+    block = {
+        "param": [name] * shown,
+        "level": ["coord"] * shown,
+        "coord": list(range(shown)),
+        "truth": truth[:shown].cpu().numpy() if truth is not None else nan,
+        "truth_se": (truth_se[:shown].cpu().numpy() if truth_se is not None else
+                     np.zeros(shown) if truth is not None else nan),
+        "param_size": [size] * shown,
+        "worst_coord": [-1] * shown,
+        **{k: nan for k in TENSOR_KEYS if k not in ("coords", "worst_coord")},
+        **summary,
+    }
+    return block
+
+
+def _append(columns: dict[str, list], block: dict[str, object]) -> None:
+    rows = len(block["param"])
+    for key, column in block.items():
+        values = np.asarray(column).tolist() if not isinstance(column, list) else column
+        if len(values) != rows:
+            raise RuntimeError(f"column {key}: {len(values)} values for {rows} rows")
+        columns.setdefault(key, []).extend(values)
 
 
 def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
@@ -175,9 +249,9 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
     problem = suite.problem(cell.settings_dict(), device=device, dtype=DTYPES[cell.dtype])
     hyper = cell.hyperparams_dict()
     size = chunk_size(problem, cell.samples, estimator.memory_per_estimate(problem, hyper), device)
-    merged, timer, chunks = _measure(cell, estimator, problem, device, size)
+    measured, timer = _measure(cell, estimator, problem, device, size)
     seconds, seconds_se = timer.mean_and_se()
-    columns = _coordinate_columns(problem, _split(merged, problem), device)
+    columns = _statistics_columns(problem, measured, cell.coords, device)
     fixed = {
         "suite": cell.suite,
         "suite_version": cell.suite_version,
@@ -199,7 +273,8 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
         "seconds_per_estimate_se": seconds_se,
         "estimates_per_second": 1.0 / seconds if seconds > 0 else math.inf,
         "chunk_size": size,
-        "chunks": chunks,
+        "chunks": measured.chunks,
+        "groups": int(measured.groups.count.shape[0]),
         "samples": cell.samples,
         "seed": cell.seed,
         "cell_seed": cell.cell_seed,

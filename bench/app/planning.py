@@ -20,6 +20,9 @@ from gradbench.core.seeding import derive_seed
 from gradbench.core.suite import Suite, get_suite
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
+# Per-coordinate rows written per parameter (the first N coordinates; `tensor` rows always):
+# every coordinate of the default grids (up to 1000), not 2e5 rows for a Bayesian layer.
+DEFAULT_COORDS = 1000
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Cell:
     seed: int
     suite_version: int = 1
     estimator_version: int = 1
+    # Which rows are written, not what is measured: not part of the key (nor of the seeds).
+    coords: int = DEFAULT_COORDS
 
     @property
     def key(self) -> tuple:
@@ -91,6 +96,7 @@ class RunRequest:
     seed: int = 0
     devices: Sequence[str] = ("cpu",)
     dtype: str = "float64"
+    coords: int = DEFAULT_COORDS  # per-coordinate rows per parameter (--coords)
 
 
 def parse_assignments(items: Iterable[str]) -> dict[str, list[str]]:
@@ -141,6 +147,9 @@ def plan(request: RunRequest) -> Plan:
     if samples < 2:
         raise BenchError(f"--samples {samples}: need at least 2 estimates per cell for a variance")
     check_seed(request.seed)
+    if request.coords < 0:
+        raise BenchError(f"--coords {request.coords}: give the number of coordinates per "
+                         "parameter to write rows for (0: tensor rows only)")
     names = list(dict.fromkeys(request.estimators)) or list(all_estimators())
     chosen = [get_estimator(name) for name in names]
 
@@ -161,7 +170,7 @@ def plan(request: RunRequest) -> Plan:
                 for device in devices:
                     cells.append(Cell(suite.name, key, estimator.name, tuple(hyper.items()),
                                       device, request.dtype, samples, request.seed,
-                                      suite.version, estimator.version))
+                                      suite.version, estimator.version, request.coords))
     if request.estimators:
         _refuse_inapplicable(suite, chosen, skipped, len(grid))
     return Plan(suite.name, cells, skipped)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROLES = ("key", "setting", "hyperparameter", "metric", "metadata")
 
 
@@ -52,8 +52,12 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("samples", "requested estimates per cell"),
               ("seed", "the run's base seed (64-bit integer)")),
     *_columns("metric", int,
-              ("n", "finite estimates used"),
-              ("nonfinite", "NaN/Inf estimates excluded, plus statistics that overflowed")),
+              ("n", "finite estimates used (tensor rows: the fewest of any coordinate)"),
+              ("nonfinite", "NaN/Inf estimates excluded, plus statistics that overflowed"),
+              ("param_size", "coordinates of the parameter tensor"),
+              ("worst_coord", "tensor rows: the coordinate with the largest |bias| / bias_se, "
+                              "whose mean, truth, bias and bias_se the row carries; -1 on coord "
+                              "rows")),
     *_columns("metric", float,
               ("mean", "mean of the estimates"),
               ("mean_se", "standard error of the mean"),
@@ -62,12 +66,33 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("bias", "mean - truth"),
               ("bias_se", "standard error of the bias (truth_se folded in)"),
               ("variance", "variance of one estimate (tensor rows: the trace of the covariance)"),
-              ("variance_se", "standard error of the variance"),
-              ("std", "standard deviation of one estimate"),
+              ("variance_se", "standard error of the variance: variance x the grouped-jackknife "
+                              "SE of log variance (two-point estimates: from the Wilson interval)"),
+              ("variance_lo", "lower end of the variance's 95% interval (jackknife of the log "
+                              "variance over `groups` groups; exact binomial for two values)"),
+              ("variance_hi", "upper end of the variance's 95% interval"),
+              ("variance_df", "degrees of freedom of variance_se: groups - 1 (inf: two-point)"),
+              ("std", "standard deviation of one estimate (tensor rows: sqrt of the trace)"),
               ("snr", "|mean| / std (coord rows)"),
               ("snr_se", "standard error of snr"),
-              ("mse", "bias^2 + variance of one estimate"),
+              ("mse", "bias^2 + variance of one estimate (tensor rows: E||g - truth||^2)"),
               ("mse_se", "standard error of mse"),
+              ("kurtosis", "sample kurtosis m4 / m2^2 of the estimates (coord rows)"),
+              ("tail_index", "Pareto k-hat of the largest squared deviations (tensor rows: of "
+                             "||g - shift||^2); heavy tail above min(1 - 1/log10 n, 0.7)"),
+              ("samples_needed", "about how many estimates would make the row reliable "
+                                 "(NaN when it is)"),
+              ("mean_coord_variance", "tensor rows: trace / coordinates"),
+              ("mean_coord_variance_se", "its standard error"),
+              ("max_coord_variance", "tensor rows: the largest coordinate variance (selection "
+                                     "bias: upwards when many coordinates are alike)"),
+              ("max_coord_variance_se", "its jackknife standard error"),
+              ("grad_snr", "tensor rows: ||E g||^2 / E||g - E g||^2, debiased"),
+              ("grad_snr_se", "its jackknife standard error"),
+              ("cosine", "tensor rows: cosine of the mean estimate to the truth"),
+              ("cosine_se", "its jackknife standard error"),
+              ("relative_mse", "tensor rows: E||g - truth||^2 / ||truth||^2 for one estimate"),
+              ("relative_mse_se", "its jackknife standard error"),
               ("evals_per_estimate", "evaluations of f per estimate"),
               ("warmup_evals", "one-off evaluations spent fitting (control variate, surrogate)"),
               ("seconds_per_estimate", "estimator wall time per estimate (statistics excluded)"),
@@ -90,6 +115,12 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("schema_version", "version of this schema"),
               ("threads", "torch intra-op threads")),
     Column("unbiased", "metadata", bool, "whether the estimator is registered as unbiased"),
+    Column("reliable", "metric", bool, "whether the variance (and SNR, MSE) can be trusted at "
+           "this n: no heavy tail (tail_index), no rare states missed, n >= 50"),
+    Column("mean_reliable", "metric", bool, "whether the mean and bias can be trusted at this n"),
+    Column("reliability_reason", "metric", str, "why not reliable ('' when reliable), with about "
+           "how many estimates would be"),
+    Column("groups", "metadata", int, "groups of consecutive estimates behind the jackknife SEs"),
 ])
 
 BY_NAME = {column.name: column for column in COLUMNS}

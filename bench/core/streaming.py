@@ -1,9 +1,12 @@
-"""Streaming moments of a stream of chunks, accumulated in constant memory on the chunks' device
-(the runner's inner loop; see StreamingMoments)."""
+"""Streaming statistics of a stream of chunks, in constant memory on the chunks' device (the
+runner's inner loop): moments per coordinate, sums per group of consecutive estimates (for the
+grouped jackknife), and the largest deviations per coordinate (for the tail diagnostic)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,6 +14,37 @@ from torch import Tensor
 from gradbench.core.moments import Moments
 
 _F64 = torch.float64
+MAX_GROUPS = 64
+GROUP_BYTES = 128 << 20  # memory for the per-group sums (two float64 [G, C] tensors)
+
+
+def group_count(samples: int, coords: int) -> int:
+    """Groups of consecutive estimates for the jackknife: 64 (63 degrees of freedom), fewer when
+    [G, C] sums would exceed GROUP_BYTES (at least 8), never more than the estimates. A pure
+    function of the cell's key (samples, the problem's size): identical on every executor."""
+    by_memory = GROUP_BYTES // (16 * max(1, coords))
+    return int(max(1, min(samples, MAX_GROUPS, max(8, by_memory))))
+
+
+@dataclass(frozen=True)
+class GroupSums:
+    """Per group g of consecutive estimates (estimate j is in group floor(j G / samples)) and
+    coordinate c: the finite count and the sums of (x - shift) and (x - shift)^2, float64."""
+
+    count: Tensor  # [G, C] int64
+    s1: Tensor  # [G, C]
+    s2: Tensor  # [G, C]
+    shift: Tensor  # [C]
+
+
+@dataclass(frozen=True)
+class Tails:
+    """The largest |x - shift| per tracked coordinate (signed values, [T, K], fewer rows while
+    fewer were seen) and the largest ||x_b - shift_b||^2 per block b of coordinates ([T, B])."""
+
+    coords: Tensor  # [K] indices of the tracked coordinates
+    deviations: Tensor  # [T, K]
+    norms: Tensor  # [T, B]
 
 
 class StreamingMoments:
@@ -19,7 +53,7 @@ class StreamingMoments:
     Why not `Moments.of` + `merge` per chunk: in the runner's inner loop those cost ~70
     operations on [C]-sized tensors per chunk besides the passes over the data, as long as
     drawing the samples takes at cache-sized chunks. Here a chunk only adds the power sums of its
-    deviations from a fixed per-coordinate shift c (8 passes, ~12 operations):
+    deviations from a fixed per-coordinate shift c:
         S_k += sum_i (x_i - c)^k, k = 1..4,
     and `moments()` converts them to central moments once, with the binomial shift that
     `Moments.of` uses for its corrected two-pass (delta = S1 / n):
@@ -29,7 +63,12 @@ class StreamingMoments:
     [min, max] (so a constant coordinate gets its value exactly and moments exactly 0). For iid
     chunks |delta| is a few std / sqrt(first chunk size), so these corrections are small and
     nothing cancels: S_k are sums about (nearly) the mean, like the two-pass's second pass.
-    Summing the chunks' S_k adds one rounding per chunk, like a merge does.
+
+    With `samples` (the stream's total length, rows arriving in order), the sums are taken per
+    group of consecutive estimates too (S1 and S2 per group: `groups()`), by splitting each
+    chunk's reductions at the group boundaries, so grouping costs no extra pass over the data.
+    With `tail_coords`, the `tail_size` largest |x - c| of those coordinates are kept, and with
+    `blocks` (column ranges, one per parameter tensor) the largest ||x_b - c_b||^2 per block.
 
     NaN/Inf entries are excluded per coordinate and counted, as in `Moments.of`. On the CPU an
     all-finite chunk (one host-side check of S1) skips the masks; elsewhere the masked path
@@ -37,7 +76,9 @@ class StreamingMoments:
     after chunks 1, 2, 4, 8, ... while any remain: no host round-trip per chunk.
     """
 
-    def __init__(self, coords: int, device: torch.device | str = "cpu") -> None:
+    def __init__(self, coords: int, device: torch.device | str = "cpu", *,
+                 samples: int | None = None, tail_coords: Tensor | None = None,
+                 tail_size: int = 0, blocks: Sequence[tuple[int, int]] = ()) -> None:
         self.coords = coords
         self._shift = torch.zeros(coords, dtype=_F64, device=device)
         self._unset = torch.ones(coords, dtype=torch.bool, device=device)
@@ -47,6 +88,14 @@ class StreamingMoments:
         self._sums = torch.zeros(4, coords, dtype=_F64, device=device)  # S1..S4
         self._count = torch.zeros(coords, dtype=torch.int64, device=device)
         self._nonfinite = torch.zeros(coords, dtype=torch.int64, device=device)
+        self._rows = 0
+        self._samples = samples
+        self._groups = group_count(samples, coords) if samples else 1
+        self._group_sums = (torch.zeros(2, self._groups, coords, dtype=_F64, device=device)
+                            if samples else None)
+        self._group_count = (torch.zeros(self._groups, coords, dtype=torch.int64, device=device)
+                             if samples else None)
+        self._tails = _TailBuffer(tail_coords, tail_size, blocks, device) if tail_size else None
 
     def add(self, x: Tensor) -> None:
         """Add a chunk x [n, C] (any float dtype; float64 accumulation)."""
@@ -56,6 +105,9 @@ class StreamingMoments:
         rows = x.shape[0]
         if rows == 0:
             return
+        if self._samples is not None and self._rows + rows > self._samples:
+            raise ValueError(f"StreamingMoments for {self._samples} samples got "
+                             f"{self._rows + rows}")
         x = x.detach().to(_F64)
         finite = None
         if self._maybe_unset:
@@ -63,27 +115,52 @@ class StreamingMoments:
             self._set_shifts(x, finite)
         if finite is None and x.device.type == "cpu":
             d = x - self._shift
-            s1 = d.sum(0)
             # A NaN or Inf anywhere makes the sum non-finite: one cheap check picks the path.
-            if math.isfinite(float(s1.sum())):
-                self._accumulate(d, s1)
-                self._count += rows
+            if math.isfinite(float(d.sum())):
+                self._accumulate(d, None)
                 return
         if finite is None:
             finite = torch.isfinite(x)
-        count = finite.sum(0)
-        d = torch.where(finite, x - self._shift, 0.0)
-        self._accumulate(d, d.sum(0))
-        self._count += count
-        self._nonfinite += rows - count
+        self._accumulate(torch.where(finite, x - self._shift, 0.0), finite)
 
-    def _accumulate(self, d: Tensor, s1: Tensor) -> None:
-        power = d * d
-        s2 = power.sum(0)
-        power.mul_(d)  # in place: d^3, then d^4, in one temporary
-        s3 = power.sum(0)
-        power.mul_(d)
-        self._sums += torch.stack((s1, s2, s3, power.sum(0)))
+    def _accumulate(self, d: Tensor, finite: Tensor | None) -> None:
+        rows = d.shape[0]
+        total = torch.zeros(4, self.coords, dtype=_F64, device=d.device)
+        count = None if finite is None else finite.sum(0)
+        for group, start, stop in self._slices(rows):
+            part = d[start:stop]
+            power = part * part
+            s1, s2 = part.sum(0), power.sum(0)
+            power.mul_(part)  # in place: d^3, then d^4, in one temporary
+            s3 = power.sum(0)
+            power.mul_(part)
+            total += torch.stack((s1, s2, s3, power.sum(0)))
+            if self._group_sums is not None:
+                self._group_sums[0, group] += s1
+                self._group_sums[1, group] += s2
+                self._group_count[group] += (stop - start if finite is None
+                                             else finite[start:stop].sum(0))
+        self._sums += total
+        self._count += rows if count is None else count
+        if count is not None:
+            self._nonfinite += rows - count
+        if self._tails is not None:
+            self._tails.add(d)
+        self._rows += rows
+
+    def _slices(self, rows: int) -> list[tuple[int, int, int]]:
+        """(group, start, stop) row ranges of the next chunk, split at group boundaries."""
+        if self._samples is None:
+            return [(0, 0, rows)]
+        n, groups = self._samples, self._groups
+        out = []
+        row = self._rows
+        while row < self._rows + rows:
+            group = row * groups // n
+            end = min(-(-(group + 1) * n // groups), self._rows + rows)  # ceil((g+1) n / G)
+            out.append((group, row - self._rows, end - self._rows))
+            row = end
+        return out
 
     def _set_shifts(self, x: Tensor, finite: Tensor) -> None:
         # Only coordinates without finite values so far take a shift; they have S_k = 0 and
@@ -113,3 +190,63 @@ class StreamingMoments:
         m4 = (s4 - 4.0 * delta * s3 + 6.0 * delta**2 * s2 - 3.0 * fn * delta**4).clamp(min=0.0)
         return Moments(count=n.clone(), mean=mean, m2=m2, m3=m3, m4=m4,
                        nonfinite=self._nonfinite.clone())
+
+    def groups(self) -> GroupSums:
+        """The per-group sums (needs `samples`): the rows added so far."""
+        if self._group_sums is None:
+            raise ValueError("StreamingMoments keeps group sums only when given `samples`")
+        return GroupSums(count=self._group_count.clone(), s1=self._group_sums[0].clone(),
+                         s2=self._group_sums[1].clone(), shift=self._shift.clone())
+
+    def tails(self) -> Tails:
+        """The largest deviations kept (needs `tail_size`)."""
+        if self._tails is None:
+            raise ValueError("StreamingMoments keeps tails only when given `tail_size`")
+        return self._tails.result()
+
+
+class _TailBuffer:
+    """The `size` largest |d| per tracked column and the largest block norms ||d_b||^2, merged
+    chunk by chunk with topk. On the CPU, once the buffer is full, a chunk is first screened
+    against the current size-th largest value, so most chunks cost one comparison pass."""
+
+    def __init__(self, coords: Tensor | None, size: int, blocks: Sequence[tuple[int, int]],
+                 device: torch.device | str) -> None:
+        self.coords = coords
+        self.size = size
+        # Blocks of one coordinate need no norm: their tail is the coordinate's.
+        self.blocks = [(a, b) for a, b in blocks]
+        self.deviations: Tensor | None = None
+        self.norms: Tensor | None = None
+        self.device = device
+
+    def add(self, d: Tensor) -> None:
+        tracked = d if self.coords is None else d[:, self.coords]
+        self.deviations = self._merge(self.deviations, tracked, by_magnitude=True)
+        if self.blocks:
+            square = d * d
+            norms = torch.stack([square[:, a:b].sum(1) for a, b in self.blocks], dim=1)
+            self.norms = self._merge(self.norms, norms, by_magnitude=False)
+
+    def _merge(self, buffer: Tensor | None, new: Tensor, by_magnitude: bool) -> Tensor:
+        key = new.abs() if by_magnitude else new
+        if buffer is not None and buffer.shape[0] >= self.size and new.device.type == "cpu":
+            floor = (buffer.abs() if by_magnitude else buffer).amin(0)
+            hit = (key > floor).any(1)
+            if not bool(hit.any()):
+                return buffer
+            new, key = new[hit], key[hit]
+        values = new if buffer is None else torch.cat((buffer, new))
+        if values.shape[0] <= self.size:
+            return values
+        keys = values.abs() if by_magnitude else values
+        index = torch.topk(keys, self.size, dim=0, sorted=False).indices
+        return torch.gather(values, 0, index)
+
+    def result(self) -> Tails:
+        columns = (self.coords if self.coords is not None else
+                   torch.arange(0 if self.deviations is None else self.deviations.shape[1]))
+        empty = torch.zeros(0, 0, dtype=_F64)
+        return Tails(coords=columns,
+                     deviations=self.deviations if self.deviations is not None else empty,
+                     norms=self.norms if self.norms is not None else empty)

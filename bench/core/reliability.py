@@ -1,0 +1,117 @@
+"""When a cell's numbers cannot be trusted at its n, and why: the per-row `reliable` (the variance
+and everything built on it) and `mean_reliable` verdicts, a reason, and about how many
+estimates would be needed.
+
+Three causes, each measured by scripts/calibrate_intervals.py:
+- Heavy tails. The Pareto k-hat of the squared deviations (gradbench.core.tail_index) above
+  Vehtari et al.'s min(1 - 1/log10 n, 0.7) makes the variance unreliable; k-hat / 2 (the tail of
+  |x - mean| itself) above it makes the mean unreliable too.
+- Rare states. Where the support is enumerable, the effective probability p_eff of the states
+  that carry the variance is known exactly (gradbench.core.rare_states): if fewer than RARE_COUNT
+  such draws are expected among the n estimates, they may be missing from the sample, and with
+  them most of the variance (issue 12: a state of probability 1e-4 carried 99% of a variance;
+  absent, the variance read 230x too small and the bias z = 15). Both mean and variance are then
+  unreliable. RARE_COUNT = 10: a single such state is then missed with probability e^-10, and
+  n >= 10 (kurtosis - 1) bounds the variance's relative SE, sqrt((kurtosis - 1) / n), by 0.32.
+- Too few estimates (n < 50) to check the tail at all.
+A sample whose variance is exactly 0 (a deterministic estimator) and a two-point sample (exact
+binomial interval, gradbench.core.uncertainty) are reliable whatever their tail index says.
+
+Samples needed, for heavy tails: the estimators here are polynomials, exponentials or ratios of
+Gaussian, Gamma and uniform draws, whose tails are stretched exponentials P(Y > y) ~ exp(-y^b):
+their local Pareto index at tail probability p is (1 - b) / (b log(1/p)), and the fit's tail
+fraction is p = M(n) / n = 3 / sqrt(n). So k-hat falls like 1 / log(1/p(n)) with n, and the n at
+which it would meet the threshold is extrapolated from A = k-hat log(1/p(n)). A genuine power-law
+tail (constant k) would need more: the number is a lower bound then, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from gradbench.core.tail_index import reliable_tail_index, tail_size
+
+MIN_SAMPLES = 50  # below: too few estimates for a tail diagnostic (M < 10 tail points)
+RARE_COUNT = 10.0  # expected draws of the states that matter
+MAX_EXTRAPOLATION = 1e12
+
+
+@dataclass(frozen=True)
+class RareStates:
+    """Per coordinate: the effective probability p_eff = 1 / (kurtosis - 1) of the states that
+    carry the reference estimate's variance, and that exact kurtosis (NaN: not known)."""
+
+    probability: np.ndarray
+    kurtosis: np.ndarray
+
+
+def tail_fraction(n: float) -> float:
+    return min(0.2, 3.0 / math.sqrt(n))
+
+
+def samples_for_tail(n: int, k_hat: float, halve: bool = False) -> float:
+    """About how many estimates make k-hat (or k-hat / 2 with `halve`) meet the threshold, under
+    the stretched-exponential model of the module docstring; inf beyond MAX_EXTRAPOLATION."""
+    k = k_hat / 2.0 if halve else k_hat
+    strength = k * math.log(1.0 / tail_fraction(n))
+    candidate = float(n)
+    while candidate <= MAX_EXTRAPOLATION:
+        candidate *= 1.25
+        if strength / math.log(1.0 / tail_fraction(candidate)) <= reliable_tail_index(
+                int(candidate)):
+            return float(_round_up(candidate))
+    return math.inf
+
+
+def _round_up(value: float) -> float:
+    """Two significant digits, rounded up."""
+    scale = 10.0 ** (math.floor(math.log10(value)) - 1)
+    return math.ceil(value / scale) * scale
+
+
+def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.ndarray,
+          rare: RareStates | None) -> dict[str, np.ndarray]:
+    """Per row: reliable, mean_reliable, reliability_reason ('' when reliable) and
+    samples_needed (NaN when reliable)."""
+    rows = len(n)
+    reliable = np.ones(rows, dtype=bool)
+    mean_reliable = np.ones(rows, dtype=bool)
+    reasons = [""] * rows
+    needed = np.full(rows, np.nan)
+    for i in range(rows):
+        count = int(n[i])
+        if not variance[i] > 0:  # exactly constant (or no data): nothing random to misjudge
+            continue
+        p = np.nan if rare is None else float(rare.probability[i])
+        if not math.isnan(p) and count * p < RARE_COUNT:
+            reliable[i] = mean_reliable[i] = False
+            needed[i] = _round_up(RARE_COUNT / p)
+            reasons[i] = (f"rare states: the variance comes from states of probability about "
+                          f"{p:.2g} (exact kurtosis {rare.kurtosis[i]:.3g}), expected "
+                          f"{count * p:.2g} times in {count} estimates; about "
+                          f"{needed[i]:,.0f} needed")
+            continue
+        if two_point[i]:
+            continue
+        if count < MIN_SAMPLES:
+            reliable[i] = False
+            needed[i] = MIN_SAMPLES
+            reasons[i] = f"n = {count}: too few estimates to check the tail (need {MIN_SAMPLES})"
+            continue
+        k, limit = float(k_hat[i]), reliable_tail_index(count)
+        if math.isnan(k) or k <= limit:
+            continue
+        reliable[i] = False
+        mean_reliable[i] = k / 2.0 <= limit
+        needed[i] = samples_for_tail(count, k)
+        reasons[i] = (f"heavy tail: k-hat {k:.2f} > {limit:.2f} for n = {count} (squared "
+                      f"deviations, {tail_size(count)} largest)"
+                      + ("" if mean_reliable[i] else "; the mean's too")
+                      + "; about " + (f"{needed[i]:,.0f}" if math.isfinite(needed[i])
+                                      else f"more than {MAX_EXTRAPOLATION:.0e}")
+                      + " needed if the tail is stretched-exponential")
+    return {"reliable": reliable, "mean_reliable": mean_reliable,
+            "reliability_reason": np.array(reasons, dtype=object), "samples_needed": needed}
