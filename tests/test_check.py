@@ -275,9 +275,19 @@ def test_same_code_another_seed_passes():
     cur = pd.concat([quadratic(name, seed=2) for name in names], ignore_index=True)
     result = check.compare(cur, base)
     assert not result.failed, check_summary.to_markdown(result)
-    assert len(result.matched) == len(base) == 4 * 2 * 2 * 3  # estimators x k x params x coords
-    # naive's zero variance is compared exactly, not tested.
-    assert result.tests == 3 * 12 + 3 * 12
+    # estimators x k x params x (3 coordinates + the tensor row)
+    assert len(result.matched) == len(base) == 4 * 2 * 2 * 4
+    # naive's zero variance is compared exactly, not tested; each unbiased estimator's 12
+    # coordinate rows get a bias test, its 12 coordinate and 4 tensor rows a variance test,
+    # except rows not reliable at n = 4000 (score-function's d/dsigma tail, on either side).
+    rows = result.rows
+    reliable = rows["reliable_c"] & rows["reliable_b"]
+    variance = int(((rows["estimator"] != "naive") & reliable).sum())
+    bias = int(((rows["estimator"] != "naive") & (rows["level"] == "coord")
+                & rows["mean_reliable_c"]).sum())
+    assert result.tests == variance + bias
+    assert variance >= 2 * 2 * 2 * 4  # pathwise and measure-valued are reliable throughout
+    assert (rows.loc[~reliable, "verdict"] == check.NOT_TESTABLE).all()
 
 
 def test_a_degraded_estimator_fails_the_gate(degraded):
@@ -296,8 +306,11 @@ def test_a_biased_estimator_registered_unbiased_fails(degraded):
     base = quadratic("pathwise", seed=1)
     cur = quadratic("test-biased-pathwise", seed=2).assign(estimator="pathwise")
     result = check.compare(cur, base)
-    assert set(result.rows["verdict"]) == {check.BIAS}
-    # The variance is pathwise's own: no variance regression alongside.
+    coordinates = result.rows["level"] == "coord"
+    assert set(result.rows.loc[coordinates, "verdict"]) == {check.BIAS}
+    # Tensor rows of fully listed tensors test the trace only; the variance is pathwise's own:
+    # no variance regression alongside.
+    assert set(result.rows.loc[~coordinates, "verdict"]) == {check.OK}
     assert (result.rows["q_variance"] > 0.01).all()
 
 

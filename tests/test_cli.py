@@ -32,7 +32,9 @@ def test_run_prints_table_and_writes_parquet(results_dir):
     assert len(run_dirs) == 1 and str(run_dirs[0]) in result.output.replace("\n", "")
     frame = pd.read_parquet(run_dirs[0])
     assert set(frame["estimator"]) == {"pathwise", "score-function"}
-    assert len(frame) == 2 * 2 * 2  # estimators x params x coords
+    # estimators x params x (coordinates + the tensor row)
+    assert len(frame) == 2 * 2 * (2 + 1)
+    assert (frame["level"] == "tensor").sum() == 2 * 2
     meta = store.read_run_json(run_dirs[0])
     assert meta["command"].startswith("bench") and meta["torch_version"] == torch.__version__
 
@@ -52,7 +54,7 @@ def test_show_formats(results_dir):
     assert csv.exit_code == 0 and csv.output.splitlines()[0].count(",") > 10
     js = invoke("show", results_dir, "--format", "json")
     rows = [json.loads(line) for line in js.output.splitlines()]
-    assert len(rows) == 4 and rows[0]["estimator"] == "pathwise"
+    assert len(rows) == 2 * (2 + 1) and rows[0]["estimator"] == "pathwise"
 
 
 def test_hyperparameter_sweep_lands_in_its_own_column(results_dir):

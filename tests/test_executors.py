@@ -106,8 +106,8 @@ def test_a_failing_cell_is_reported_not_fatal_in_a_worker():
     good = results[cells[0].estimator]
     assert good.error is None
     here = measure.run_cell(cells[0])
-    for column in STATISTICS:
-        assert good.rows[column] == here[column], column
+    for column in STATISTICS:  # NaN == NaN here (tensor rows have no per-coordinate SNR)
+        np.testing.assert_array_equal(good.rows[column], here[column], err_msg=column)
 
 
 def _explodes_for_dim_3(problem: Problem, n: int) -> dict:

@@ -113,7 +113,8 @@ def test_rows_have_the_documented_statistics():
         assert column in rows
     assert rows["truth_method"][0] == "analytic"
     # pathwise on (z - k)^2: d/dmu = 2(z - k) with z ~ N(mu, sigma^2), variance 4 sigma^2.
-    mu_rows = [i for i, p in enumerate(rows["param"]) if p == "mu"]
+    mu_rows = [i for i, (p, level) in enumerate(zip(rows["param"], rows["level"], strict=True))
+               if p == "mu" and level == "coord"]
     variance = np.array(rows["variance"])[mu_rows]
     variance_se = np.array(rows["variance_se"])[mu_rows]
     assert np.all(np.abs(variance - 4.0) < 5 * variance_se)

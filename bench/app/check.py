@@ -31,6 +31,25 @@ unbiased whose truth is known (bias):
     reference truth's SE where the truth is a reference value). Tested on the current run alone:
     a registered-unbiased estimator that is biased is wrong whatever the baseline says.
 
+Degrees of freedom. variance_se is a grouped-jackknife SE with variance_df = G - 1 degrees of
+freedom (gradbench.core.jackknife), so the log-ratio statistic is referred to Student's t with
+the Welch-Satterthwaite degrees of freedom of the two sides, not to the normal: at the per-row
+levels BH reaches here (~1e-7) a t with 120 degrees of freedom has a tail several times the
+normal's. Two-point rows (variance_df = inf) use the normal.
+
+Not testable. A row whose variance is not reliable at its n on either side (`reliable`: a heavy
+tail, rare states the sample may have missed, n < 50; gradbench.core.reliability) gets no
+variance test, and a current row whose mean is not reliable (`mean_reliable`) no bias test:
+their SEs would be wrong in the direction that raises false alarms (issue 12: 5 of 15 clean
+categorical pairs). They are reported as "not testable at this n", with the reason and about
+how many estimates would make them testable, never passed or failed silently.
+
+Rows tested. Coordinate rows, and the `tensor` row of every parameter with more than one
+coordinate for its total variance (the trace pools every coordinate: a uniform 1.25x inflation
+of a 1000-coordinate tensor shows there at once). A tensor whose coordinate rows were capped
+(`bench run --coords`) is tested for bias on its tensor row: the worst coordinate's z, against
+a Bonferroni bound over its param_size coordinates.
+
 Multiple testing: Benjamini-Hochberg (BH), within families (one per estimator and test kind),
 each at alpha_f = alpha m_f / m (m_f its tests, m all tests of the check). Why BH and not Holm:
 the gate's false-alarm rate is the probability that a clean run flags anything; under that
@@ -88,7 +107,13 @@ VARIANCE_APPEARED = "variance appeared"
 VALUE_CHANGED = "value changed"
 NOT_FINITE = "variance not finite"
 NOT_COMPARABLE = "not comparable"
+NOT_TESTABLE = "not testable at this n"
 REGRESSIONS = (VARIANCE, BIAS, VARIANCE_AND_BIAS, VARIANCE_APPEARED, VALUE_CHANGED, NOT_FINITE)
+# Columns a frame may lack (hand-built frames, the pytest plugin's): their neutral values.
+_DEFAULTS = {"warmup_evals": 0, "suite_version": 0, "estimator_version": 0,
+             "variance_df": math.inf, "reliable": True, "mean_reliable": True,
+             "reliability_reason": "", "samples_needed": math.nan, "param_size": 1,
+             "level": "coord"}
 
 
 @dataclass
@@ -120,6 +145,11 @@ class CheckResult:
     def matched(self) -> pd.DataFrame:
         return self.rows[self.rows["matched"]]
 
+    @property
+    def untestable(self) -> pd.DataFrame:
+        """Rows with a test skipped because a number is not reliable at its n."""
+        return self.rows[self.rows["untestable"] != ""]
+
 
 # ---------------------------------------------------------------- matching
 
@@ -139,9 +169,9 @@ def _prepare(frame: pd.DataFrame, side: str) -> pd.DataFrame:
         raise BenchError(f"{side} has results schema {', '.join(map(str, versions))}, this "
                          f"gradbench reads schema {SCHEMA_VERSION}; regenerate it with `bench run`")
     frame = frame.copy()
-    for column in ("warmup_evals", "suite_version", "estimator_version"):
+    for column, value in _DEFAULTS.items():
         if column not in frame:
-            frame[column] = 0
+            frame[column] = value
     frame["_cell"] = frame[list(CELL_COLUMNS)].astype(str).agg("|".join, axis=1)
     labels = {cell: _label(s, h) for cell, s, h in
               frame[["_cell", "settings", "hyperparams"]].drop_duplicates("_cell").itertuples(
@@ -180,8 +210,10 @@ def _versions(cur: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- the comparison
 
 
-_SIDE_COLUMNS = ("variance", "variance_se", "mean", "bias", "bias_se", "truth", "truth_method",
-                 "unbiased", "n", "nonfinite", "warmup_evals", "samples", "seed", "run_id")
+_SIDE_COLUMNS = ("variance", "variance_se", "variance_df", "mean", "bias", "bias_se", "truth",
+                 "truth_method", "unbiased", "n", "nonfinite", "warmup_evals", "samples", "seed",
+                 "run_id", "reliable", "mean_reliable", "reliability_reason", "samples_needed",
+                 "param_size")
 
 
 def compare(
@@ -244,13 +276,15 @@ def decide(rows: pd.DataFrame, tolerance: float, alpha: float) -> tuple[pd.DataF
     z = decisions.variance_z(rows["ratio"].to_numpy(np.float64),
                              rows["log_ratio_se"].to_numpy(np.float64), margin)
     rows["z_variance"] = z
-    rows["p_variance"] = decisions.normal_sf(z)
+    rows["p_variance"] = decisions.t_sf(z, rows["ratio_df"].to_numpy(np.float64))
     rows["q_variance"], rows["q_bias"], tests = _adjust(rows, alpha)
     variance_flag = (rows["q_variance"] <= alpha) & (rows["ratio"] > tolerance)
     bias_flag = rows["q_bias"] <= alpha
     verdict = np.where(variance_flag & bias_flag, VARIANCE_AND_BIAS,
                        np.where(variance_flag, VARIANCE, np.where(bias_flag, BIAS, OK)))
     exact = rows["exact"].to_numpy()
+    verdict = np.where((verdict == OK) & (rows["untestable"].to_numpy() != ""), NOT_TESTABLE,
+                       verdict)
     rows["verdict"] = np.where(exact != "", exact, verdict)
     return rows, tests
 
@@ -285,11 +319,19 @@ def _variance_statistics(rows: pd.DataFrame) -> None:
                                      rows["mean_b"].to_numpy())
     zero_c = v_c <= floor**2
     zero_b = v_b <= floor**2
-    testable = matched & np.isfinite(v_b) & np.isfinite(v_c) & ~zero_b & ~zero_c
+    # A one-coordinate tensor row repeats its coordinate row: tested once, as the coordinate.
+    duplicate = (rows["level"].to_numpy() == "tensor") & (
+        rows["param_size_c"].fillna(1).to_numpy() <= 1)
+    reliable = _flag(rows, "reliable_c") & _flag(rows, "reliable_b")
+    comparable = matched & np.isfinite(v_b) & np.isfinite(v_c) & ~zero_b & ~zero_c & ~duplicate
+    testable = comparable & reliable
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         ratio = np.where(matched, v_c / v_b, np.nan)
         log_se = decisions.log_ratio_se(v_c, se_c, v_b, se_b)
+        rows["ratio_df"] = decisions.welch_df(se_c / v_c, rows["variance_df_c"].to_numpy(
+            np.float64), se_b / v_b, rows["variance_df_b"].to_numpy(np.float64))
     rows["ratio"] = ratio
+    rows["untestable"] = _untestable(rows, comparable & ~reliable, "variance")
     # NaN log_se (untestable rows) makes z NaN: no test. A zero log_se (both SEs zero, only for
     # near-constant estimates) makes z +-inf: decided by the sign of the change.
     rows["log_ratio_se"] = np.where(testable, log_se, np.nan)
@@ -318,11 +360,56 @@ def bias_z(frame: pd.DataFrame, suffix: str = "") -> np.ndarray:
     return np.where(known, z, np.nan)
 
 
+def _flag(rows: pd.DataFrame, column: str) -> np.ndarray:
+    """A boolean column of one side; rows missing on that side count as True (no objection)."""
+    return rows[column].fillna(True).astype(bool).to_numpy()
+
+
+def _untestable(rows: pd.DataFrame, skipped: np.ndarray, test: str) -> np.ndarray:
+    """Per row: '' or why its `test` was skipped, "variance: <reason>" (baseline's reason
+    marked as such, the current's first), appended to what is already there."""
+    out = (rows["untestable"].to_numpy(dtype=object).copy() if "untestable" in rows
+           else np.full(len(rows), "", dtype=object))
+    current = rows["reliability_reason_c"].fillna("").astype(str).to_numpy()
+    baseline = rows["reliability_reason_b"].fillna("").astype(str).to_numpy() \
+        if "reliability_reason_b" in rows else np.full(len(rows), "")
+    for i in np.flatnonzero(skipped):
+        reason = current[i] or (f"baseline: {baseline[i]}" if baseline[i] else "not reliable")
+        note = f"{test}: {reason}"
+        out[i] = f"{out[i]}; {note}" if out[i] and note not in out[i] else (out[i] or note)
+    return out
+
+
+def bias_tests(frame: pd.DataFrame, suffix: str = "", cell: str = "cell_id"
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The bias tests of one side of a comparison (or of one results frame): per row, z, the
+    p-value, and whether the row is a test at all. Tested: rows of estimators registered
+    unbiased with a known truth; a tensor row (its worst coordinate) only where the coordinate
+    rows do not cover the tensor (capped by --coords), against a Bonferroni bound over its
+    param_size coordinates. Rows whose mean is not reliable are candidates but get NaN."""
+    unbiased = frame[f"unbiased{suffix}"].fillna(False).astype(bool).to_numpy()
+    level = frame["level"].to_numpy() if "level" in frame else np.full(len(frame), "coord")
+    tensor = level == "tensor"
+    size = (frame[f"param_size{suffix}"].fillna(1).to_numpy(np.float64)
+            if f"param_size{suffix}" in frame else np.ones(len(frame)))
+    shown = frame[~tensor].groupby([cell, "param"]).size()
+    covered = np.array([shown.get((c, param), 0) >= n for c, param, n in
+                        zip(frame[cell], frame["param"], size, strict=True)], dtype=bool)
+    candidate = unbiased & ~(tensor & covered)
+    z = np.where(candidate, bias_z(frame, suffix), np.nan)
+    candidate &= ~np.isnan(z)
+    reliable = (frame[f"mean_reliable{suffix}"].fillna(True).astype(bool).to_numpy()
+                if f"mean_reliable{suffix}" in frame else np.ones(len(frame), dtype=bool))
+    z = np.where(reliable, z, np.nan)
+    p = decisions.two_sided_p(z)
+    return z, np.where(tensor, np.minimum(1.0, p * size), p), candidate
+
+
 def _bias_statistics(rows: pd.DataFrame) -> None:
-    unbiased = rows["unbiased_c"].fillna(False).astype(bool).to_numpy()
-    z = np.where(unbiased, bias_z(rows, "_c"), np.nan)
+    z, p, candidate = bias_tests(rows, "_c", "_cell")
+    rows["untestable"] = _untestable(rows, candidate & np.isnan(z), "bias")
     rows["z_bias"] = z
-    rows["p_bias"] = decisions.two_sided_p(z)
+    rows["p_bias"] = p
 
 
 def _cells(frame: pd.DataFrame, reasons: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -397,7 +484,8 @@ def _context(result: CheckResult, cur: pd.DataFrame, base: pd.DataFrame) -> None
                             f"itself, so their rows test ratio > {result.tolerance:g} "
                             "rather than ratio > 1 (less power)")
     untestable = matched["exact"].eq("") & matched["z_variance"].isna() \
-        & ~(matched["variance_b"].fillna(0) <= 0)
+        & ~(matched["variance_b"].fillna(0) <= 0) & matched["untestable"].eq("") \
+        & ~(matched["level"].eq("tensor") & (matched["param_size_c"].fillna(1) <= 1))
     if untestable.any():
         result.notes.append(f"{int(untestable.sum())} matched rows have no variance test "
                             "(NaN variance in the baseline, or no SE)")

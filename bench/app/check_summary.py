@@ -11,6 +11,7 @@ import pandas as pd
 from gradbench.app.check import (
     BIAS,
     NOT_FINITE,
+    NOT_TESTABLE,
     VALUE_CHANGED,
     VARIANCE,
     VARIANCE_AND_BIAS,
@@ -39,6 +40,30 @@ def failing_cells(result: CheckResult) -> pd.DataFrame:
     return worst[columns].reset_index(drop=True)
 
 
+def untestable_cells(result: CheckResult) -> pd.DataFrame:
+    """Rows with a test skipped because a number is not reliable at its n, grouped by (cell,
+    param): the reason of the row needing the most estimates, and that number."""
+    columns = ["suite", "settings", "estimator", "device", "dtype", "param", "rows", "reason",
+               "samples_needed"]
+    rows = result.untestable
+    if len(rows) == 0:
+        return pd.DataFrame(columns=columns)
+    needed = rows["samples_needed_c"].fillna(rows.get("samples_needed_b")).fillna(0.0)
+    ranked = rows.assign(_needed=needed).sort_values("_needed", ascending=False, kind="stable")
+    worst = ranked.groupby(["_cell", "param"], sort=False).head(1).set_index(["_cell", "param"])
+    worst["rows"] = rows.groupby(["_cell", "param"]).size()
+    worst = worst.reset_index().rename(columns={"untestable": "reason",
+                                                "_needed": "samples_needed"})
+    worst["samples_needed"] = worst["samples_needed"].where(worst["samples_needed"] > 0)
+    return worst[columns].reset_index(drop=True)
+
+
+def untestable_line(row: pd.Series) -> str:
+    """One not-testable (cell, param) as the gate reports it."""
+    return (f"{row['suite']} {row['settings']} {row['estimator']} {row['param']}: "
+            f"{NOT_TESTABLE} ({row['reason']}; {row['rows']} row(s))")
+
+
 def per_estimator(result: CheckResult) -> pd.DataFrame:
     """Per estimator: cells and rows compared, median variance ratio, regressions."""
     rows = result.rows
@@ -52,6 +77,7 @@ def per_estimator(result: CheckResult) -> pd.DataFrame:
                                   VALUE_CHANGED, NOT_FINITE]).sum())),
         "bias_regressions": grouped["verdict"].apply(
             lambda v: int(v.isin([BIAS, VARIANCE_AND_BIAS]).sum())),
+        "not_testable": grouped["untestable"].apply(lambda v: int((v != "").sum())),
     })
     return out.reset_index()
 
@@ -70,6 +96,10 @@ def summary_lines(result: CheckResult) -> list[str]:
         + (f" ({', '.join(f'{k}: {v}' for k, v in reg['verdict'].value_counts().items())})"
            if len(reg) else ""),
     ]
+    untestable = untestable_cells(result)
+    if len(untestable):
+        lines.append(f"{NOT_TESTABLE}: {len(result.untestable)} rows in {len(untestable)} "
+                     "(cell, param) pairs, neither passed nor failed (listed with the reason)")
     if len(result.missing):
         lines.append(f"missing from current: {len(result.missing)} cells"
                      + (" (allowed)" if result.allow_missing else " (fails the check; "
@@ -112,6 +142,12 @@ def to_markdown(result: CheckResult, limit: int = 50) -> str:
         parts += ["", "### Regressions", "", _md_table(cells.head(limit))]
         if len(cells) > limit:
             parts.append(f"\n... and {len(cells) - limit} more")
+    untestable = untestable_cells(result)
+    if len(untestable):
+        parts += ["", f"### {NOT_TESTABLE.capitalize()}", "",
+                  _md_table(untestable.head(limit))]
+        if len(untestable) > limit:
+            parts.append(f"\n... and {len(untestable) - limit} more")
     if len(result.missing):
         parts += ["", "### Missing from current", "", _md_table(result.missing.head(limit))]
     if len(result.new):

@@ -146,6 +146,10 @@ def run_command(
     scheduler: Annotated[str | None, typer.Option(
         help="Address of a running Dask scheduler (tcp://host:8786) for --executor dask.")
     ] = None,
+    coords: Annotated[int, typer.Option(
+        help="Per-coordinate rows for the first N coordinates of each parameter (0: none); "
+        "every parameter always gets a `tensor` row of aggregates (total variance, SNR, "
+        "cosine to the truth, ...).")] = 1000,
     plugin: PluginOption = None,
 ) -> None:
     """Run a suite: every applicable estimator over its grid; write parquet; print a table."""
@@ -170,6 +174,7 @@ def run_command(
         seed=seed,
         devices=tuple(device or ("cpu",)),
         dtype=dtype,
+        coords=coords,
     )
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TextColumn("{task.fields[cell]}"))
@@ -204,6 +209,7 @@ def run_command(
         console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
         _print_skipped(outcome.plan.skipped)
         _print_nonfinite(frame)
+        _print_unreliable(frame)
         console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
                       f"{outcome.run_dir}")
     if outcome.failed:
@@ -281,6 +287,18 @@ def _print_nonfinite(frame) -> None:
                           "(NaN/Inf) were excluded from the statistics")
 
 
+def _print_unreliable(frame) -> None:
+    """One line per cell with numbers not reliable at its n (marked ! in the table)."""
+    if "reliable" not in frame:
+        return
+    flagged = frame[~frame["reliable"].fillna(True).astype(bool)]
+    for (estimator, settings), part in flagged.groupby(["estimator", "settings"], sort=True):
+        worst = part.sort_values("samples_needed", ascending=False).iloc[0]
+        console.print(f"[yellow]not reliable at this n[/yellow] {estimator} {settings} "
+                      f"{worst['param']}: {worst['reliability_reason']}", highlight=False,
+                      soft_wrap=True)
+
+
 @app.command("show")
 def show_command(
     results: Annotated[Path, typer.Argument(help="A results .parquet file or a results folder.")],
@@ -351,6 +369,12 @@ def check_command(
         console.print(table)
         if len(cells) > 60:
             console.print(f"... and {len(cells) - 60} more (see --markdown)")
+    untestable = check_summary.untestable_cells(result)
+    for _, row in untestable.head(30).iterrows():
+        console.print(f"[yellow]{check_summary.untestable_line(row)}[/yellow]",
+                      highlight=False, soft_wrap=True)
+    if len(untestable) > 30:
+        console.print(f"... and {len(untestable) - 30} more not testable (see --markdown)")
     for frame, title in ((result.missing, "missing from current"),
                          (result.new, "new in current (informational)"),
                          (result.changed, "not comparable: version changed (informational)")):

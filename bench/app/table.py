@@ -11,6 +11,8 @@ from rich.table import Table
 from gradbench.results import decisions
 from gradbench.results.store import hyperparam_columns, setting_columns
 
+UNRELIABLE = " [yellow]![/yellow]"  # the marker of a number not reliable at its n
+
 
 def fmt(value: float, se: float | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -34,7 +36,9 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
     first = first.sort_values([*keys, "estimator", "param"], kind="stable")
     table = Table(title=title or None, caption="coordinate 0 of each parameter; ± one standard "
                   "error; bias in red where the cell is measurably biased (some coordinate "
-                  "beyond max(4, Bonferroni) SE and rounding); time is the estimator's alone, "
+                  "beyond max(4, Bonferroni) SE and rounding); ! after a number: not reliable "
+                  "at this n (heavy tail or rare states; the results' reliability_reason says "
+                  "why and about how many estimates would do); time is the estimator's alone, "
                   "per cell", caption_justify="left")
     for key in keys:
         table.add_column(key, justify="right")
@@ -51,7 +55,11 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
         bias = fmt(r["bias"], r["bias_se"])
         if r["biased_cell"]:
             bias = f"[red]{bias}[/red]"
+        if _flagged(r.get("mean_reliable")):
+            bias += UNRELIABLE
         variance = fmt(r["variance"], r["variance_se"])
+        if _flagged(r.get("reliable")):
+            variance += UNRELIABLE
         if r.get("nonfinite", 0):
             variance += f" [yellow]({r['nonfinite']} non-finite dropped)[/yellow]"
         table.add_row(
@@ -76,6 +84,11 @@ def biased_cells(frame: pd.DataFrame) -> np.ndarray:
     tests = grouped["tested"].transform("sum").to_numpy()
     threshold = np.array([decisions.bias_threshold(int(m)) for m in tests])
     return np.nan_to_num(worst, nan=0.0) > threshold
+
+
+def _flagged(value: object) -> bool:
+    """A reliability column that says False (absent or null: no objection)."""
+    return value is not None and not pd.isna(value) and not bool(value)
 
 
 def rate(seconds: float, se: float | None) -> str:

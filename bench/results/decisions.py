@@ -11,8 +11,9 @@ rounding. The terminal table, the report, `bench check` and the pytest plugin al
   max(4, Phi^-1(1 - alpha / (2 m))), m the coordinates tested: a Bonferroni bound keeps the
   per-cell false-alarm rate below alpha however many coordinates the cell has.
 - Across a whole gate (`bench check`): the same z, then Benjamini-Hochberg (app.check explains).
-- Variance ratio: one-sided z on log(v_c / v_b) with the delta-method SE
-  sqrt((se_c / v_c)^2 + (se_b / v_b)^2), optionally against a margin log(tolerance).
+- Variance ratio: one-sided test on log(v_c / v_b) with the delta-method SE
+  sqrt((se_c / v_c)^2 + (se_b / v_b)^2), optionally against a margin log(tolerance), referred
+  to Student's t with the Welch-Satterthwaite degrees of freedom of the two jackknife SEs.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import math
 
 import numpy as np
 import torch
+
+from gradbench.core.student_t import t_sf_array
 
 CELL_ALPHA = 1e-3  # per-cell false-alarm rate of the bias decision (table, report)
 MIN_Z = 4.0  # never call a bias significant below 4 SE
@@ -79,6 +82,24 @@ def bias_z(bias: np.ndarray, bias_se: np.ndarray, truth: np.ndarray, mean: np.nd
 def bias_threshold(tests: int, alpha: float = CELL_ALPHA) -> float:
     """The z above which a cell with `tests` tested coordinates counts as biased."""
     return max(MIN_Z, normal_isf(alpha / (2 * max(1, int(tests)))))
+
+
+def t_sf(t: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """P(T > t) for Student's t with df degrees of freedom per row (inf: the normal); NaN t
+    stays NaN, +inf gives 0."""
+    return t_sf_array(np.asarray(t, dtype=np.float64), np.asarray(df, dtype=np.float64))
+
+
+def welch_df(rel_c: np.ndarray, df_c: np.ndarray, rel_b: np.ndarray, df_b: np.ndarray
+             ) -> np.ndarray:
+    """Welch-Satterthwaite degrees of freedom of sqrt(rel_c^2 + rel_b^2), each SE with its own
+    degrees of freedom: (a + b)^2 / (a^2 / df_c + b^2 / df_b), a = rel_c^2, b = rel_b^2. Infinite
+    degrees of freedom on both sides (or SEs of 0) give inf."""
+    a, b = np.asarray(rel_c, np.float64) ** 2, np.asarray(rel_b, np.float64) ** 2
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        denominator = a * a / np.asarray(df_c, np.float64) + b * b / np.asarray(df_b, np.float64)
+        df = (a + b) ** 2 / denominator
+    return np.where(denominator > 0, df, np.inf)
 
 
 def two_sided_p(z: np.ndarray) -> np.ndarray:

@@ -51,9 +51,15 @@ def suite_section(suite: str, part: pd.DataFrame, out: Path, styles: Any,
     main = part[part["platform"] == primary]
     coords = int(main["coords"].max())
     coord_note = (" Parameters with several coordinates (up to "
-                  f"{coords}) are summarised by the mean over coordinates; its SE is the mean of "
-                  "the coordinates' SEs, an upper bound that does not assume the coordinates are "
-                  "independent." if coords > 1 else "")
+                  f"{coords}) are summarised by the mean over coordinates, its SE the grouped "
+                  "jackknife SE of the parameter's total variance / coordinates (results "
+                  "without tensor rows: the mean of the coordinates' SEs, an upper bound)."
+                  if coords > 1 else "")
+    unreliable = int((~main["reliable"].astype(bool)).sum())
+    if unreliable:
+        coord_note += (f" {unreliable} (setting, estimator, parameter) variances are not "
+                       "reliable at their n (heavy tail or rare states; marked ! in the table "
+                       "below, with the reason).")
     constants = ", ".join(f"{k} = {format_value(v)}" for k, v in cols.fixed.items())
     figures: list[tuple[Any, str]] = []
     name = slug(suite)
@@ -172,6 +178,10 @@ def _detail_table(part: pd.DataFrame, cols: SuiteColumns) -> pd.DataFrame:
                           ("rel_bias", "bias along truth (relative)")):
         table[f"{label} ± SE"] = [fmt(v, s) for v, s in
                                   zip(ordered[column], ordered[f"{column}_se"], strict=True)]
+    table["variance ± SE"] = [f"{text} !" if not ok else text for text, ok in
+                              zip(table["variance ± SE"], ordered["reliable"].astype(bool),
+                                  strict=True)]
+    table["reliability"] = ordered["reliability_reason"].fillna("")
     table["max |bias|/SE"] = ordered["max_bias_z"].map(lambda z: fmt(z))
     table["significant bias"] = ordered["measured_biased"].map({True: "yes", False: ""})
     table["evals"] = ordered["evals_per_estimate"].map(lambda v: f"{v:g}")

@@ -4,10 +4,14 @@ and leaderboards (the figures, sections and pages are built from these in the si
 Statistics used here (all computed in pandas from the stored per-coordinate statistics):
 
 * Coordinates. A parameter with d > 1 coordinates is summarised by the mean over its coordinates:
-  mean variance = trace(Cov) / d, the average per-coordinate variance. Its standard error is taken
-  as the mean of the coordinates' SEs, an upper bound that needs no independence between the
-  coordinates (they come from the same samples): sd(sum X_i) <= sum sd(X_i) (Minkowski). The same
-  is done for the bias (mean bias, mean SE). Figures show the bias relative to and along the true
+  mean variance = trace(Cov) / d, the average per-coordinate variance, with its standard error
+  from the parameter's `tensor` row (the grouped jackknife of the trace, which accounts for the
+  coordinates' correlation; gradbench.core.aggregates). Results without tensor rows fall back to
+  the mean of the coordinates' SEs, an upper bound that needs no independence (Minkowski). The
+  bias is summarised by the mean bias and mean SE over the coordinate rows present.
+* Reliability: a (cell, parameter) is `reliable` when every row of it is (no heavy tail, no
+  rare states the sample may have missed; gradbench.core.reliability), and carries the reason of
+  the first row that is not. Figures show the bias relative to and along the true
   gradient g instead, b.g / |g|^2, which cannot cancel across coordinates (softmax logits'
   gradients and biases sum to zero, so their mean bias is 0 whatever the estimator); its SE bound
   is sum |g_i| se_i / |g|^2. Bias orthogonal to g is caught by the bias test below.
@@ -52,7 +56,8 @@ METRICS = (
 _OPTIONAL = {"seconds_per_estimate_se": np.nan, "unbiased": np.nan, "estimator_family": "",
              "device_name": "", "dtype": "float64", "started_at": "", "nonfinite": 0,
              "git_commit": "", "torch_version": "", "threads": np.nan, "command": "",
-             "mean": np.nan}
+             "mean": np.nan, "level": "coord", "reliable": True, "mean_reliable": True,
+             "reliability_reason": ""}
 
 
 def cost_normalised(variance: Any, variance_se: Any, cost: Any, cost_se: Any = 0.0
@@ -137,7 +142,8 @@ def load(paths: Sequence[Path]) -> tuple[pd.DataFrame, int]:
     for _, part in frame.groupby("suite", sort=True):
         cols = suite_columns(part)
         ordered = part.sort_values(["started_at", "run_id"], kind="stable")
-        unique = ordered.drop_duplicates(subset=[*cols.keys, "param", "coord"], keep="last")
+        unique = ordered.drop_duplicates(subset=[*cols.keys, "param", "level", "coord"],
+                                         keep="last")
         dropped += len(part) - len(unique)
         parts.append(unique)
     return pd.concat(parts, ignore_index=True), dropped
@@ -185,9 +191,11 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
             frame = frame.assign(**{column: default})
     dtypes = frame["dtype"].nunique(dropna=True)
     parts = []
-    for _, part in frame.groupby("suite", sort=True):
-        cols = suite_columns(part)
+    for _, whole in frame.groupby("suite", sort=True):
+        cols = suite_columns(whole)
         keys = cols.keys
+        tensors = whole[whole["level"] == "tensor"]
+        part = whole[whole["level"] != "tensor"]
         z = decisions.bias_z(part["bias"].to_numpy(float), part["bias_se"].to_numpy(float),
                              part["truth"].to_numpy(float), part["mean"].to_numpy(float),
                              part["dtype"].astype(str).to_numpy())
@@ -224,7 +232,11 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
             device_name=("device_name", "first"),
             truth_method=("truth_method", "first"),
             run_id=("run_id", "first"),
+            reliable=("reliable", "all"),
+            mean_reliable=("mean_reliable", "all"),
+            reliability_reason=("reliability_reason", _first_reason),
         ).reset_index()
+        agg = _with_tensor_rows(agg, tensors, [*keys, "param"])
         # The bias test is per cell: all coordinates of all its parameters.
         cell = agg.groupby(keys, dropna=False, sort=False)
         tested = cell["coords"].transform("sum")
@@ -250,6 +262,41 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     if dtypes > 1:
         out["platform"] = out["platform"] + " " + out["dtype"].astype(str)
     return out
+
+
+def _first_reason(reasons: pd.Series) -> str:
+    found = [str(r) for r in reasons if isinstance(r, str) and r]
+    return found[0] if found else ""
+
+
+def _with_tensor_rows(agg: pd.DataFrame, tensors: pd.DataFrame, keys: list[str]
+                      ) -> pd.DataFrame:
+    """Take the mean coordinate variance and its jackknife SE, the coordinate count and the
+    worst coordinate's bias z from the parameters' tensor rows, where there are some."""
+    if tensors.empty:
+        return agg
+    z = decisions.bias_z(tensors["bias"].to_numpy(float), tensors["bias_se"].to_numpy(float),
+                         tensors["truth"].to_numpy(float), tensors["mean"].to_numpy(float),
+                         tensors["dtype"].astype(str).to_numpy())
+    extra = tensors.assign(_tensor_z=z)[[*keys, "mean_coord_variance", "mean_coord_variance_se",
+                                         "param_size", "_tensor_z", "reliable",
+                                         "mean_reliable", "reliability_reason"]]
+    extra = extra.rename(columns={"reliable": "_t_reliable", "mean_reliable": "_t_mean",
+                                  "reliability_reason": "_t_reason"})
+    out = agg.merge(extra, on=keys, how="left")
+    has = out["mean_coord_variance"].notna()
+    rounding = out["variance"] == 0.0  # set to 0 at rounding level above: keep it
+    out["variance"] = out["variance"].where(~has | rounding, out["mean_coord_variance"])
+    out["variance_se"] = out["variance_se"].where(~has | rounding,
+                                                  out["mean_coord_variance_se"])
+    out["coords"] = out["param_size"].where(out["param_size"].notna(), out["coords"]).astype(int)
+    out["max_bias_z"] = np.fmax(out["max_bias_z"], out["_tensor_z"])
+    out["reliable"] = out["reliable"] & out["_t_reliable"].fillna(True).astype(bool)
+    out["mean_reliable"] = out["mean_reliable"] & out["_t_mean"].fillna(True).astype(bool)
+    out["reliability_reason"] = out["reliability_reason"].where(
+        out["reliability_reason"] != "", out["_t_reason"].fillna(""))
+    return out.drop(columns=["mean_coord_variance", "mean_coord_variance_se", "param_size",
+                             "_tensor_z", "_t_reliable", "_t_mean", "_t_reason"])
 
 
 def primary_platform(part: pd.DataFrame) -> str:
