@@ -43,6 +43,12 @@ CUDA_BYTES = 8 << 22
 MIN_ROWS = 64
 LARGE_BYTES = 256 << 20
 MIN_CHUNKS = 4  # so seconds per estimate gets a standard error
+# Coordinates per parameter whose largest deviations are tracked for the tail diagnostic. Every
+# tracked coordinate costs ~5 passes over its estimates (staging, topk); measured on a
+# 1000-coordinate cell, tracking all of them made the cell 5x slower. Further coordinates' rows
+# are judged by the largest k-hat of the tracked ones and of the tensor's norms (conservative
+# when coordinates are alike, as in every default grid; gradbench.core.uncertainty).
+TAIL_COORDS = 64
 
 
 def chunk_size(problem: Problem, samples: int, memory: float,
@@ -120,13 +126,13 @@ class Measured:
 
 
 def _layout(problem: Problem, coords: int) -> tuple[list[tuple[int, int]], torch.Tensor]:
-    """Column ranges of the parameters in the stacked estimates, and the columns that get
-    coordinate rows (and tail diagnostics): the first `coords` of each parameter."""
+    """Column ranges of the parameters in the stacked estimates, and the columns whose tails
+    are tracked: the first min(coords, TAIL_COORDS) of each parameter."""
     blocks, tracked, offset = [], [], 0
     for value in problem.params.values():
         size = int(value.numel())
         blocks.append((offset, offset + size))
-        tracked.append(torch.arange(offset, offset + min(size, coords)))
+        tracked.append(torch.arange(offset, offset + min(size, coords, TAIL_COORDS)))
         offset += size
     return blocks, torch.cat(tracked)
 
@@ -185,17 +191,19 @@ def _statistics_columns(problem: Problem, measured: Measured, coords: int,
         shown = min(size, coords)
         block = slice(start, stop)
         part = slice(start, start + shown)
+        tracked = min(shown, TAIL_COORDS)
         summary = uncertainty.summarize(
             uncertainty.select(measured.moments, part),
             uncertainty.select_groups(measured.groups, part),
-            measured.tails.deviations[:, tail_column:tail_column + shown],
+            measured.tails.deviations[:, tail_column:tail_column + tracked],
             None if truth is None else truth[:shown],
             None if truth_se is None else truth_se[:shown],
-            at_columns(rare, name, slice(0, shown)))
-        tail_column += shown
+            at_columns(rare, name, slice(0, shown)),
+            measured.tails.block_norms(index))
+        tail_column += tracked
         tensor = aggregate(uncertainty.select(measured.moments, block),
                            uncertainty.select_groups(measured.groups, block),
-                           measured.tails.norms[:, index],
+                           measured.tails.block_norms(index),
                            truth, truth_se, at_columns(rare, name, slice(None)))
         if size == 1 and shown == 1:
             # One coordinate: the tensor row repeats its variance statistics (the coordinate's

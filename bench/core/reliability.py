@@ -73,9 +73,10 @@ def _round_up(value: float) -> float:
 
 
 def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.ndarray,
-          rare: RareStates | None) -> dict[str, np.ndarray]:
+          rare: RareStates | None, proxy: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per row: reliable, mean_reliable, reliability_reason ('' when reliable) and
-    samples_needed (NaN when reliable)."""
+    samples_needed (NaN when reliable). `proxy` marks rows whose k-hat is not their own (the
+    largest of the parameter's tracked coordinates and its tensor norms)."""
     rows = len(n)
     reliable = np.ones(rows, dtype=bool)
     mean_reliable = np.ones(rows, dtype=bool)
@@ -107,8 +108,10 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
         reliable[i] = False
         mean_reliable[i] = k / 2.0 <= limit
         needed[i] = samples_for_tail(count, k)
-        reasons[i] = (f"heavy tail: k-hat {k:.2f} > {limit:.2f} for n = {count} (squared "
-                      f"deviations, {tail_size(count)} largest)"
+        source = ("the largest of the parameter's tracked coordinates and tensor norms, "
+                  if proxy is not None and proxy[i] else "")
+        reasons[i] = (f"heavy tail: k-hat {k:.2f} > {limit:.2f} for n = {count} ({source}"
+                      f"squared deviations, {tail_size(count)} largest)"
                       + ("" if mean_reliable[i] else "; the mean's too")
                       + "; about " + (f"{needed[i]:,.0f}" if math.isfinite(needed[i])
                                       else f"more than {MAX_EXTRAPOLATION:.0e}")

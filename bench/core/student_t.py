@@ -92,17 +92,41 @@ def t_sf(t: float, df: float) -> float:
 
 
 def t_isf(p: float, df: float) -> float:
-    """t with P(T > t) = p, 0 < p < 1, by bisection on t_sf (100 halvings: float64 resolution)."""
+    """t with P(T > t) = p, 0 < p < 1: Newton's method on t_sf from the normal quantile
+    (t_sf' = -density), then bisection if Newton ever leaves the bracket it keeps."""
     if not 0.0 < p < 1.0:
         raise ValueError(f"t_isf needs 0 < p < 1, got {p}")
-    low, high = -1e3, 1e3
-    while t_sf(high, df) > p:  # extremely small p with few degrees of freedom
-        high *= 10.0
-    while t_sf(low, df) < p:
-        low *= 10.0
+    if math.isinf(df):
+        return _normal_isf(p)
+    log_norm = (math.lgamma((df + 1) / 2) - math.lgamma(df / 2)
+                - 0.5 * math.log(df * math.pi))
+    low, high = -math.inf, math.inf
+    t = _normal_isf(p)
     for _ in range(100):
+        excess = t_sf(t, df) - p
+        if excess == 0.0:
+            return t
+        if excess > 0:
+            low = max(low, t)
+        else:
+            high = min(high, t)
+        density = math.exp(log_norm - (df + 1) / 2 * math.log1p(t * t / df))
+        step = t + excess / density
+        if not low < step < high:  # Newton overshot: halve the bracket (or widen it)
+            step = 0.5 * (low + high) if math.isfinite(low + high) else (
+                2 * t + 1 if math.isinf(high) else 2 * t - 1)
+        if abs(step - t) <= 1e-15 * max(1.0, abs(t)):
+            return step
+        t = step
+    return t
+
+
+def _normal_isf(p: float) -> float:
+    """z with P(Z > z) = p, by bisection on erfc (80 halvings of [-40, 40])."""
+    low, high = -40.0, 40.0
+    for _ in range(80):
         mid = 0.5 * (low + high)
-        if t_sf(mid, df) > p:
+        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > p:
             low = mid
         else:
             high = mid

@@ -68,11 +68,14 @@ def summarize(
     truth: Tensor | None = None,
     truth_se: Tensor | None = None,
     rare: reliability.RareStates | None = None,
+    norm_tail: Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """Statistics of the coordinates in `moments`/`groups` (the same columns, [C]); `tails` [T, C]
-    holds their largest signed deviations from the groups' shift. Returns numpy arrays [C]: the
-    keys of `Moments.summarize`, with variance_se, snr_se and mse_se from the jackknife (module
-    docstring), plus UNCERTAINTY_KEYS."""
+    """Statistics of the coordinates in `moments`/`groups` (the same columns, [C]); `tails`
+    [T, K] holds the largest signed deviations from the groups' shift of the first K <= C of
+    them. The others (not tracked, to bound the cost) are judged by the largest k-hat of the
+    tracked ones and of `norm_tail` (the parameter's largest ||g - shift||^2), and their own
+    tail_index is NaN. Returns numpy arrays [C]: the keys of `Moments.summarize`, with
+    variance_se, snr_se and mse_se from the jackknife (module docstring), plus UNCERTAINTY_KEYS."""
     out = moments.summarize(truth, truth_se)
     loo = leave_one_out(groups)
     interval = log_interval(loo.full_variance, loo.variance, loo.present)
@@ -93,12 +96,21 @@ def summarize(
     shift = groups.shift
     centre = torch.as_tensor(np.nan_to_num(out["mean"]), dtype=torch.float64,
                              device=shift.device) - shift
-    squared = (tails.to(torch.float64) - centre) ** 2 if tails.numel() else tails
-    k_hat = (tail_index(squared).cpu().numpy() if tails.shape[0] else
-             np.full(len(n), np.nan))
+    tracked = tails.shape[1] if tails.ndim == 2 else 0
+    squared = (tails.to(torch.float64) - centre[:tracked]) ** 2 if tails.numel() else tails
+    k_hat = np.full(len(n), np.nan)
+    if tails.shape[0]:
+        k_hat[:tracked] = tail_index(squared).cpu().numpy()
     out["tail_index"] = k_hat
-    verdict = reliability.judge(n=n, k_hat=k_hat, variance=out["variance"], two_point=mask,
-                                rare=rare)
+    judged = k_hat.copy()
+    if tracked < len(n):  # untracked coordinates: the worst tracked one, or the tensor's norms
+        proxy = [k for k in k_hat[:tracked] if np.isfinite(k)]
+        if norm_tail is not None and norm_tail.numel():
+            proxy.append(float(tail_index(norm_tail.reshape(-1, 1))[0]))
+        proxy = [k for k in proxy if np.isfinite(k)]
+        judged[tracked:] = max(proxy) if proxy else np.nan
+    verdict = reliability.judge(n=n, k_hat=judged, variance=out["variance"], two_point=mask,
+                                rare=rare, proxy=np.arange(len(n)) >= tracked)
     out.update(verdict)
     return out
 
