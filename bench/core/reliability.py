@@ -54,16 +54,21 @@ def tail_fraction(n: float) -> float:
 
 def samples_for_tail(n: int, k_hat: float, halve: bool = False) -> float:
     """About how many estimates make k-hat (or k-hat / 2 with `halve`) meet the threshold, under
-    the stretched-exponential model of the module docstring; inf beyond MAX_EXTRAPOLATION."""
+    the stretched-exponential model of the module docstring; inf beyond MAX_EXTRAPOLATION.
+
+    k(n') = A / log(1 / p(n')) with A = k log(1 / p(n)); above n' = 2154 the threshold is 0.7
+    and p(n') = 3 / sqrt(n'), so k(n') = 0.7 at n' = 9 exp(2 A / 0.7), rounded up to two
+    significant digits; below, the threshold is smaller and the condition is checked directly."""
     k = k_hat / 2.0 if halve else k_hat
     strength = k * math.log(1.0 / tail_fraction(n))
-    candidate = float(n)
-    while candidate <= MAX_EXTRAPOLATION:
-        candidate *= 1.25
-        if strength / math.log(1.0 / tail_fraction(candidate)) <= reliable_tail_index(
-                int(candidate)):
-            return float(_round_up(candidate))
-    return math.inf
+    exponent = 2.0 * strength / 0.7
+    if exponent > math.log(MAX_EXTRAPOLATION / 9.0):
+        return math.inf
+    candidate = max(float(n), 9.0 * math.exp(exponent))
+    while strength / math.log(1.0 / tail_fraction(candidate)) > reliable_tail_index(
+            int(candidate)):
+        candidate *= 1.01  # only where the threshold is below 0.7 (n' < 2154)
+    return float(_round_up(candidate))
 
 
 def _round_up(value: float) -> float:
@@ -77,44 +82,38 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
     """Per row: reliable, mean_reliable, reliability_reason ('' when reliable) and
     samples_needed (NaN when reliable). `proxy` marks rows whose k-hat is not their own (the
     largest of the parameter's tracked coordinates and its tensor norms)."""
+    n = np.asarray(n, dtype=np.int64)
     rows = len(n)
-    reliable = np.ones(rows, dtype=bool)
-    mean_reliable = np.ones(rows, dtype=bool)
-    reasons = [""] * rows
+    random = np.asarray(variance, dtype=np.float64) > 0  # constant (or no data): nothing to judge
+    p = np.full(rows, np.nan) if rare is None else np.asarray(rare.probability, np.float64)
+    with np.errstate(invalid="ignore"):
+        is_rare = random & (n * np.nan_to_num(p, nan=np.inf) < RARE_COUNT)
+    few = random & ~is_rare & ~two_point & (n < MIN_SAMPLES)
+    limit = np.array([reliable_tail_index(int(count)) for count in n]) if rows else np.zeros(0)
+    k = np.asarray(k_hat, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        heavy = random & ~is_rare & ~two_point & ~few & (k > limit)
+        heavy_mean = heavy & (k / 2.0 > limit)
+    reasons = np.full(rows, "", dtype=object)
     needed = np.full(rows, np.nan)
-    for i in range(rows):
-        count = int(n[i])
-        if not variance[i] > 0:  # exactly constant (or no data): nothing random to misjudge
-            continue
-        p = np.nan if rare is None else float(rare.probability[i])
-        if not math.isnan(p) and count * p < RARE_COUNT:
-            reliable[i] = mean_reliable[i] = False
-            needed[i] = _round_up(RARE_COUNT / p)
-            reasons[i] = (f"rare states: the variance comes from states of probability about "
-                          f"{p:.2g} (exact kurtosis {rare.kurtosis[i]:.3g}), expected "
-                          f"{count * p:.2g} times in {count} estimates; about "
-                          f"{needed[i]:,.0f} needed")
-            continue
-        if two_point[i]:
-            continue
-        if count < MIN_SAMPLES:
-            reliable[i] = False
-            needed[i] = MIN_SAMPLES
-            reasons[i] = f"n = {count}: too few estimates to check the tail (need {MIN_SAMPLES})"
-            continue
-        k, limit = float(k_hat[i]), reliable_tail_index(count)
-        if math.isnan(k) or k <= limit:
-            continue
-        reliable[i] = False
-        mean_reliable[i] = k / 2.0 <= limit
-        needed[i] = samples_for_tail(count, k)
+    for i in np.flatnonzero(is_rare):
+        needed[i] = _round_up(RARE_COUNT / p[i])
+        reasons[i] = (f"rare states: the variance comes from states of probability about "
+                      f"{p[i]:.2g} (exact kurtosis {rare.kurtosis[i]:.3g}), expected "
+                      f"{n[i] * p[i]:.2g} times in {n[i]} estimates; about "
+                      f"{needed[i]:,.0f} needed")
+    for i in np.flatnonzero(few):
+        needed[i] = MIN_SAMPLES
+        reasons[i] = f"n = {n[i]}: too few estimates to check the tail (need {MIN_SAMPLES})"
+    for i in np.flatnonzero(heavy):
+        needed[i] = samples_for_tail(int(n[i]), float(k[i]))
         source = ("the largest of the parameter's tracked coordinates and tensor norms, "
                   if proxy is not None and proxy[i] else "")
-        reasons[i] = (f"heavy tail: k-hat {k:.2f} > {limit:.2f} for n = {count} ({source}"
-                      f"squared deviations, {tail_size(count)} largest)"
-                      + ("" if mean_reliable[i] else "; the mean's too")
+        reasons[i] = (f"heavy tail: k-hat {k[i]:.2f} > {limit[i]:.2f} for n = {n[i]} ({source}"
+                      f"squared deviations, {tail_size(int(n[i]))} largest)"
+                      + ("; the mean's too" if heavy_mean[i] else "")
                       + "; about " + (f"{needed[i]:,.0f}" if math.isfinite(needed[i])
                                       else f"more than {MAX_EXTRAPOLATION:.0e}")
                       + " needed if the tail is stretched-exponential")
-    return {"reliable": reliable, "mean_reliable": mean_reliable,
-            "reliability_reason": np.array(reasons, dtype=object), "samples_needed": needed}
+    return {"reliable": ~(is_rare | few | heavy), "mean_reliable": ~(is_rare | heavy_mean),
+            "reliability_reason": reasons, "samples_needed": needed}

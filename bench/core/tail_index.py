@@ -29,6 +29,7 @@ MAX_TAIL = 1000  # largest M kept per coordinate: bounds memory and the fit's co
 MIN_TAIL = 10  # below this many tail points there is no diagnostic (n < 50)
 PRIOR_WEIGHT, PRIOR_K = 10.0, 0.5
 DISTINCT = 1e-9  # values closer than this (relative to the largest) count as one
+_VECTOR_ELEMENTS = 1 << 22  # grid x M x K below this: one [grid, M, K] pass (32 MiB)
 
 
 def tail_size(n: int) -> int:
@@ -66,11 +67,15 @@ def gpd_shape(exceedances: Tensor) -> Tensor:
     j = torch.arange(1, grid + 1, dtype=torch.float64, device=x.device)
     theta = (1.0 / safe_max)[None, :] + (1.0 - torch.sqrt(grid / (j - 0.5)))[:, None] / (
         3.0 * quartile[None, :])  # [grid, K], every theta < 1 / max: log1p(-theta x) finite
-    loglik = torch.empty_like(theta)
-    for index in range(grid):  # a loop over the grid keeps memory at [M, K]
-        t = theta[index]
-        k = torch.log1p(-t[None, :] * x).mean(0)
-        loglik[index] = rows * (torch.log(-t / k) - k - 1.0)
+    if grid * rows * cols <= _VECTOR_ELEMENTS:  # all at once: no per-grid-point overhead
+        k = torch.log1p(-theta[:, None, :] * x[None, :, :]).mean(1)
+        loglik = rows * (torch.log(-theta / k) - k - 1.0)
+    else:
+        loglik = torch.empty_like(theta)
+        for index in range(grid):  # a loop over the grid keeps memory at [M, K]
+            t = theta[index]
+            k = torch.log1p(-t[None, :] * x).mean(0)
+            loglik[index] = rows * (torch.log(-t / k) - k - 1.0)
     weights = torch.softmax(torch.nan_to_num(loglik, nan=-math.inf), dim=0)
     theta_hat = (weights * theta).sum(0)
     k_hat = torch.log1p(-theta_hat[None, :] * x).mean(0)

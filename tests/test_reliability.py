@@ -1,0 +1,131 @@
+"""Reliability diagnostics: the Pareto k-hat recovers known tail shapes, the rare-state kurtosis
+matches closed forms and a direct enumeration, the verdicts and their reasons, and the
+categorical repro of issue 12 is flagged instead of reporting a confident wrong number."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradbench.app import measure, planning
+from gradbench.core.rare_states import rare_states
+from gradbench.core.reliability import RARE_COUNT, RareStates, judge, samples_for_tail
+from gradbench.core.suite import get_suite
+from gradbench.core.tail_index import gpd_shape, reliable_tail_index, tail_index, tail_size
+
+
+@pytest.mark.parametrize("shape", [0.0, 0.3, 0.7])
+def test_k_hat_recovers_generalized_pareto_shapes(shape):
+    # 40 columns of M = 400 GPD(k) draws. The estimate's sampling SD at M = 400 is ~0.06-0.08;
+    # the mean over 40 columns is within 4 of its SEs of k, after the PSIS prior's pull towards
+    # 0.5 by 10 / (M + 10) of the distance (2.4%), which is added to the target.
+    rng = np.random.default_rng(11)
+    u = rng.random((400, 40))
+    x = -np.log(u) if shape == 0 else (u ** (-shape) - 1.0) / shape
+    k = gpd_shape(torch.from_numpy(x)).numpy()
+    target = (400 * shape + 10 * 0.5) / 410
+    assert abs(k.mean() - target) < 4 * k.std(ddof=1) / math.sqrt(40) + 0.01
+
+
+def test_k_hat_of_discrete_or_short_tails_is_nan():
+    assert math.isnan(float(tail_index(torch.ones(50, 1))[0]))  # all tied
+    repeated = torch.tensor([[1.0], [2.0], [3.0]]).repeat(20, 1)  # 3 distinct values
+    assert math.isnan(float(tail_index(repeated)[0]))
+    assert math.isnan(float(tail_index(torch.rand(5, 1))[0]))  # fewer than MIN_TAIL
+
+
+def test_thresholds_follow_vehtari_et_al():
+    assert reliable_tail_index(200) == pytest.approx(1 - 1 / math.log10(200))
+    assert reliable_tail_index(10**6) == 0.7
+    assert tail_size(10_000) == 300 and tail_size(100) == 20 and tail_size(10**9) == 1000
+
+
+def test_samples_needed_is_where_the_extrapolated_k_hat_meets_the_threshold():
+    needed = samples_for_tail(2000, 1.18)
+    # k-hat log(1/p(n)) held fixed: at the answer it is at or just below 0.7.
+    strength = 1.18 * math.log(math.sqrt(2000) / 3)
+    assert strength / math.log(math.sqrt(needed) / 3) <= 0.7
+    assert strength / math.log(math.sqrt(needed / 1.3) / 3) > 0.7
+    assert samples_for_tail(2000, 50.0) == math.inf
+
+
+def test_judge_verdicts_and_reasons():
+    rare = RareStates(probability=np.array([np.nan, 1e-4, np.nan, np.nan, np.nan, np.inf]),
+                      kurtosis=np.array([np.nan, 1e4 + 1, np.nan, np.nan, np.nan, 1.0]))
+    got = judge(n=np.array([10_000, 10_000, 10_000, 30, 10_000, 10_000]),
+                k_hat=np.array([0.2, 0.2, 1.9, 0.1, 0.9, 0.1]),
+                variance=np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0]),
+                two_point=np.zeros(6, dtype=bool), rare=rare)
+    assert got["reliable"].tolist() == [True, False, False, False, True, True]
+    assert got["mean_reliable"].tolist() == [True, False, False, True, True, True]
+    assert got["samples_needed"][1] == pytest.approx(RARE_COUNT / 1e-4)
+    assert got["reliability_reason"][1].startswith("rare states")
+    assert got["reliability_reason"][2].startswith("heavy tail: k-hat 1.90 > 0.70")
+    assert "the mean's too" in got["reliability_reason"][2]
+    assert "too few estimates" in got["reliability_reason"][3]
+    assert got["reliability_reason"][0] == "" and np.isnan(got["samples_needed"][0])
+
+
+# ---------------------------------------------------------------- rare states
+
+
+def test_rare_state_kurtosis_of_one_bernoulli_is_the_two_point_closed_form():
+    # One coordinate: t = (f - E f)(b - p) takes two values with probabilities p and 1 - p, so
+    # its kurtosis is 1 / (p q) - 3 whatever the two values are.
+    problem = get_suite("bernoulli-toy").problem({"theta": -2.5, "t": 0.45, "dim": 1})
+    p = 1 / (1 + math.exp(2.5))
+    got = rare_states(problem)["logits"]
+    assert got.kurtosis[0] == pytest.approx(1 / (p * (1 - p)) - 3, rel=1e-12)
+    assert got.probability[0] == pytest.approx(1 / (1 / (p * (1 - p)) - 4), rel=1e-12)
+
+
+def test_rare_state_kurtosis_matches_a_direct_enumeration():
+    problem = get_suite("categorical").problem(
+        {"categories": 3, "dim": 2, "scale": 3.0, "t": 0.45})
+    probs = torch.softmax(problem.params["logits"][0], -1).numpy()
+    values = np.linspace(0, 1, 3)
+    states = list(itertools.product(range(3), repeat=2))
+    weight = np.array([probs[a] * probs[b] for a, b in states])
+    cost = np.array([(values[a] - 0.45) ** 2 + (values[b] - 0.45) ** 2 for a, b in states])
+    centred = cost - weight @ cost
+    got = rare_states(problem)["logits"]
+    for coordinate, (i, k) in enumerate(itertools.product(range(2), range(3))):
+        score = np.array([float(s[i] == k) - probs[k] for s in states])
+        t = centred * score
+        dev = t - weight @ t
+        kurtosis = (weight @ dev**4) / (weight @ dev**2) ** 2
+        assert got.kurtosis[coordinate] == pytest.approx(kurtosis, rel=1e-10)
+    # The rare class's logits need ~3e4 estimates: the issue's repro ran 1e4.
+    assert 2.5e4 < RARE_COUNT / got.probability[0] < 3.5e4
+
+
+def test_continuous_problems_have_no_rare_states():
+    assert rare_states(get_suite("gaussian-quadratic").problem(
+        {"mu": 1.0, "sigma": 1.0, "k": 0.0, "dim": 2})) is None
+
+
+def test_marginal_rare_states_beyond_the_enumeration_limit():
+    problem = get_suite("bernoulli-toy").problem({"theta": -2.5, "t": 0.45, "dim": 20})
+    got = rare_states(problem)["logits"]  # 2^20 joint states: per coordinate, f = 1
+    p = 1 / (1 + math.exp(2.5))
+    np.testing.assert_allclose(got.kurtosis, 1 / (p * (1 - p)) - 3, rtol=1e-12)
+
+
+def test_issue_12_categorical_repro_is_flagged_not_confidently_wrong():
+    request = planning.RunRequest(
+        suite="categorical", estimators=("score-function-cv",), seed=12,
+        overrides=planning.parse_assignments(["categories=3", "dim=2", "scale=3.0", "t=0.45"]))
+    rows = measure.run_cell(planning.plan(request).cells[0])
+    rare_class = [i for i, (level, coord) in enumerate(zip(rows["level"], rows["coord"],
+                                                         strict=True))
+                  if level == "coord" and coord in (0, 3)]
+    for i in rare_class:
+        assert rows["reliable"][i] is False and rows["mean_reliable"][i] is False
+        assert rows["reliability_reason"][i].startswith("rare states")
+        assert 2.5e4 < rows["samples_needed"][i] < 3.5e4
+    tensor = rows["level"].index("tensor")
+    assert rows["reliable"][tensor] is False
