@@ -86,7 +86,7 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
     rows = len(n)
     random = np.asarray(variance, dtype=np.float64) > 0  # constant (or no data): nothing to judge
     p = np.full(rows, np.nan) if rare is None else np.asarray(rare.probability, np.float64)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         is_rare = random & (n * np.nan_to_num(p, nan=np.inf) < RARE_COUNT)
     few = random & ~is_rare & ~two_point & (n < MIN_SAMPLES)
     limit = np.array([reliable_tail_index(int(count)) for count in n]) if rows else np.zeros(0)
