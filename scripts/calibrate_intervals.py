@@ -12,7 +12,7 @@ R independent replicates of n estimates are drawn with the estimator itself and 
 as R columns of one [n, R] stream, which goes through the runner's own statistics
 (StreamingMoments with groups and tails, then uncertainty.summarize): column r is exactly what a
 cell of n estimates would report. A replicate covers when truth lies in its interval: the mean
-+- 1.96 mean_se (both versions: the mean's SE is unchanged), the variance +- 1.96 variance_se
++- t(n-1) mean_se (the mean's SE is unchanged: plug-in), the variance +- 1.96 variance_se
 (before) or [variance_lo, variance_hi] (after).
 
 Exact moments: the mean is the suite's exact gradient. The variance and fourth moment come from
@@ -55,6 +55,7 @@ from gradbench.core.rare_states import rare_states  # noqa: E402
 from gradbench.core.reliability import RareStates  # noqa: E402
 from gradbench.core.seeding import seeded  # noqa: E402
 from gradbench.core.streaming import StreamingMoments  # noqa: E402
+from gradbench.core.student_t import t_isf  # noqa: E402
 from gradbench.core.suite import get_suite  # noqa: E402
 from gradbench.core.tail_index import tail_size  # noqa: E402
 
@@ -207,7 +208,8 @@ def replicate_statistics(case: Case, n: int, replicates: int, seed: int) -> dict
     before = moments.summarize(truth)
     true_var = exact["variance"]
     true_se = math.sqrt(max(exact["mu4"] - (n - 3) / (n - 1) * true_var**2, 0.0) / n)
-    mean_cover = np.abs(after["mean"] - exact["truth"]) <= Z * after["mean_se"]
+    # The mean's interval: t with n - 1 degrees of freedom (the gate's bias test uses it too).
+    mean_cover = np.abs(after["mean"] - exact["truth"]) <= t_isf(0.025, n - 1) * after["mean_se"]
     return {
         "exact": exact, "true_variance_se": true_se,
         "formula_check_z": _formula_check(draws, exact),
@@ -219,6 +221,8 @@ def replicate_statistics(case: Case, n: int, replicates: int, seed: int) -> dict
         "se_ratio_before": float(np.median(before["variance_se"]) / true_se),
         "se_ratio_after": float(np.median(after["variance_se"]) / true_se),
         "reliable": after["reliable"].tolist(),
+        "tail_index": after["tail_index"].tolist(),
+        "skewness": after["skewness"].tolist(),
         "mean_reliable": after["mean_reliable"].tolist(),
         "samples_needed": float(np.nanmedian(after["samples_needed"]))
         if np.isfinite(after["samples_needed"]).any() else math.nan,

@@ -121,7 +121,9 @@ def test_one_estimators_regression_does_not_lower_the_bar_for_another():
     got = verdicts(result)
     assert all(got[("A", c)] == check.VARIANCE for c in range(1000))
     assert got[("B", 0)] == check.OK
-    p = 2 * decisions.normal_sf(np.array([3.5]))[0]
+    # Student's t with n - 1 = 3999 degrees of freedom (plug-in mean_se).
+    p = 2 * decisions.t_sf(np.array([3.5]), np.array([3999.0]))[0]
+    assert p == pytest.approx(2 * decisions.normal_sf(np.array([3.5]))[0], rel=0.02)
     assert result.rows.set_index("estimator").loc["B", "q_bias"] == pytest.approx(p * 2002)
 
 

@@ -13,7 +13,7 @@ import torch
 
 from gradbench.app import measure, planning
 from gradbench.core.rare_states import rare_states
-from gradbench.core.reliability import RARE_COUNT, RareStates, judge, samples_for_tail
+from gradbench.core.reliability import RARE_COUNT, RareStates, judge, limit, samples_for_tail
 from gradbench.core.suite import get_suite
 from gradbench.core.tail_index import gpd_shape, reliable_tail_index, tail_index, tail_size
 
@@ -38,35 +38,41 @@ def test_k_hat_of_discrete_or_short_tails_is_nan():
     assert math.isnan(float(tail_index(torch.rand(5, 1))[0]))  # fewer than MIN_TAIL
 
 
-def test_thresholds_follow_vehtari_et_al():
+def test_thresholds_follow_vehtari_et_al_capped_at_finite_variance():
     assert reliable_tail_index(200) == pytest.approx(1 - 1 / math.log10(200))
     assert reliable_tail_index(10**6) == 0.7
+    assert limit(60) == pytest.approx(1 - 1 / math.log10(60)) and limit(10**4) == 0.5
     assert tail_size(10_000) == 300 and tail_size(100) == 20 and tail_size(10**9) == 1000
 
 
-def test_samples_needed_is_where_the_extrapolated_k_hat_meets_the_threshold():
-    needed = samples_for_tail(2000, 1.18)
-    # k-hat log(1/p(n)) held fixed: at the answer it is at or just below 0.7.
-    strength = 1.18 * math.log(math.sqrt(2000) / 3)
-    assert strength / math.log(math.sqrt(needed) / 3) <= 0.7
-    assert strength / math.log(math.sqrt(needed / 1.3) / 3) > 0.7
-    assert samples_for_tail(2000, 50.0) == math.inf
+def test_samples_needed_is_where_the_extrapolated_k_hat_meets_the_limit():
+    needed = samples_for_tail(2000, 0.8)
+    # k-hat log(1/p(n)) held fixed: at the answer it is at or just below 1/2, and 3% fewer
+    # estimates would not do (two significant digits, rounded up).
+    strength = 0.8 * math.log(math.sqrt(2000) / 3)
+    assert strength / math.log(math.sqrt(needed) / 3) <= 0.5
+    assert strength / math.log(math.sqrt(needed * 0.97) / 3) > 0.5
+    assert samples_for_tail(2000, 5.0) == math.inf
 
 
 def test_judge_verdicts_and_reasons():
-    rare = RareStates(probability=np.array([np.nan, 1e-4, np.nan, np.nan, np.nan, np.inf]),
-                      kurtosis=np.array([np.nan, 1e4 + 1, np.nan, np.nan, np.nan, 1.0]))
-    got = judge(n=np.array([10_000, 10_000, 10_000, 30, 10_000, 10_000]),
-                k_hat=np.array([0.2, 0.2, 1.9, 0.1, 0.9, 0.1]),
-                variance=np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0]),
-                two_point=np.zeros(6, dtype=bool), rare=rare)
-    assert got["reliable"].tolist() == [True, False, False, False, True, True]
-    assert got["mean_reliable"].tolist() == [True, False, False, True, True, True]
+    rare = RareStates(probability=np.array([np.nan, 1e-4, np.nan, np.nan, np.nan, np.inf, np.nan]),
+                      kurtosis=np.array([np.nan, 1e4 + 1, np.nan, np.nan, np.nan, 1.0, np.nan]))
+    got = judge(n=np.array([10_000, 10_000, 10_000, 30, 10_000, 10_000, 200]),
+                k_hat=np.array([0.2, 0.2, 1.9, 0.1, 0.9, 0.1, 0.3]),
+                variance=np.array([1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]),
+                two_point=np.zeros(7, dtype=bool), rare=rare,
+                skewness=np.array([0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0]))
+    assert got["reliable"].tolist() == [True, False, False, False, True, True, True]
+    assert got["mean_reliable"].tolist() == [True, False, False, True, True, True, False]
     assert got["samples_needed"][1] == pytest.approx(RARE_COUNT / 1e-4)
     assert got["reliability_reason"][1].startswith("rare states")
-    assert got["reliability_reason"][2].startswith("heavy tail: k-hat 1.90 > 0.70")
+    assert got["reliability_reason"][2].startswith("heavy tail: k-hat 1.90 > 0.50")
     assert "the mean's too" in got["reliability_reason"][2]
     assert "too few estimates" in got["reliability_reason"][3]
+    # Skewness 3 at n = 200: Sugden et al.'s rule wants 28 + 25 x 9 = 253 estimates.
+    assert got["reliability_reason"][6].startswith("the mean: skewness 3 needs n > 28")
+    assert got["samples_needed"][6] == 260.0
     assert got["reliability_reason"][0] == "" and np.isnan(got["samples_needed"][0])
 
 

@@ -28,8 +28,9 @@ unbiased whose truth is known (bias):
     the rule stays as a guard against fits that move with code or library changes. Their null is
     "ratio <= tolerance": z = (log(v_c / v_b) - log(tolerance)) / SE, at the cost of power.
   bias: H0 E[estimate] = truth, two-sided z = |bias| / bias_se (bias_se already holds the
-    reference truth's SE where the truth is a reference value). Tested on the current run alone:
-    a registered-unbiased estimator that is biased is wrong whatever the baseline says.
+    reference truth's SE where the truth is a reference value), referred to Student's t with
+    n - 1 degrees of freedom. Tested on the current run alone: a registered-unbiased estimator
+    that is biased is wrong whatever the baseline says.
 
 Degrees of freedom. variance_se is a grouped-jackknife SE with variance_df = G - 1 degrees of
 freedom (gradbench.core.jackknife), so the log-ratio statistic is referred to Student's t with
@@ -401,7 +402,10 @@ def bias_tests(frame: pd.DataFrame, suffix: str = "", cell: str = "cell_id"
     reliable = (frame[f"mean_reliable{suffix}"].fillna(True).astype(bool).to_numpy()
                 if f"mean_reliable{suffix}" in frame else np.ones(len(frame), dtype=bool))
     z = np.where(reliable, z, np.nan)
-    p = decisions.two_sided_p(z)
+    # Student's t with n - 1 degrees of freedom: mean_se is the plug-in sqrt(s^2 / n).
+    df = (frame[f"n{suffix}"].to_numpy(np.float64) - 1.0 if f"n{suffix}" in frame
+          else np.full(len(frame), np.inf))
+    p = np.minimum(2.0 * decisions.t_sf(z, np.where(df >= 1, df, np.inf)), 1.0)
     return z, np.where(tensor, np.minimum(1.0, p * size), p), candidate
 
 

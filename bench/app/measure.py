@@ -4,8 +4,10 @@ plain Python values (never tensors), so any executor can carry them."""
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,15 +106,37 @@ def _reseed(device: torch.device, seed: int) -> None:
         torch.default_generator.manual_seed(seed)
 
 
+# Warm-ups and rare-state enumerations are pure functions of the cell's configuration (its key
+# without samples and seed), so a process that measures one configuration at several seeds (a
+# calibration: scripts/calibrate_check.py) computes each once. Bounded: LRU of CACHE_ENTRIES.
+CACHE_ENTRIES = 64
+_WARMUPS: OrderedDict[tuple, Any] = OrderedDict()
+_RARE: OrderedDict[tuple, Any] = OrderedDict()
+
+
+def _cached(cache: OrderedDict, key: tuple, compute: Callable[[], Any]) -> Any:
+    if key in cache:
+        cache.move_to_end(key)
+    else:
+        cache[key] = compute()
+        if len(cache) > CACHE_ENTRIES:
+            cache.popitem(last=False)
+    return copy.deepcopy(cache[key])  # callers may not share (or mutate) the cached object
+
+
 def _warmup_state(cell: Cell, estimator: Estimator, problem: Problem, device: torch.device
                   ) -> dict[str, Any]:
     if estimator.warmup is None:
         return {}
-    # Seeded by the cell's configuration, not by the run's seed: runs at different seeds then
-    # measure the same fitted estimator (same control variate / surrogate), so their variances
-    # are comparable (bench check) and only the measurement noise differs.
-    with seeded(derive_seed(*cell.warmup_key, "warmup"), device):
-        return {"state": estimator.warmup(problem, **cell.hyperparams_dict())}
+
+    def fit() -> Any:
+        # Seeded by the cell's configuration, not by the run's seed: runs at different seeds
+        # then measure the same fitted estimator (same control variate / surrogate), so their
+        # variances are comparable (bench check) and only the measurement noise differs.
+        with seeded(derive_seed(*cell.warmup_key, "warmup"), device):
+            return estimator.warmup(problem, **cell.hyperparams_dict())
+
+    return {"state": _cached(_WARMUPS, cell.warmup_key, fit)}
 
 
 @dataclass(frozen=True)
@@ -177,13 +201,15 @@ def _truths(problem: Problem, name: str, device: torch.device
     return truth, truth_se
 
 
-def _statistics_columns(problem: Problem, measured: Measured, coords: int,
+def _statistics_columns(cell: Cell, problem: Problem, measured: Measured,
                         device: torch.device) -> dict[str, list]:
     """Rows per parameter: `coord` rows for its first `coords` coordinates, then its `tensor`
     row (coord = -1)."""
     columns: dict[str, list] = {}
-    rare = rare_states(problem)
+    rare = _cached(_RARE, (cell.suite, cell.suite_version, cell.settings, cell.device,
+                           cell.dtype), lambda: rare_states(problem))
     tail_column = 0
+    coords = cell.coords
     blocks = _layout(problem, coords)[0]
     for index, (name, (start, stop)) in enumerate(zip(problem.params, blocks, strict=True)):
         truth, truth_se = _truths(problem, name, device)
@@ -259,7 +285,7 @@ def _run_cell(cell: Cell, device: torch.device) -> dict[str, Any]:
     size = chunk_size(problem, cell.samples, estimator.memory_per_estimate(problem, hyper), device)
     measured, timer = _measure(cell, estimator, problem, device, size)
     seconds, seconds_se = timer.mean_and_se()
-    columns = _statistics_columns(problem, measured, cell.coords, device)
+    columns = _statistics_columns(cell, problem, measured, device)
     fixed = {
         "suite": cell.suite,
         "suite_version": cell.suite_version,

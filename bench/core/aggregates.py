@@ -72,7 +72,7 @@ def aggregate(moments: Moments, groups: GroupSums, norm_tail: Tensor,
         "mean_coord_variance_se": float(interval["se"][0]) / coords,
         "max_coord_variance": float(loo.full_variance.max()),
         "max_coord_variance_se": se(loo.full_variance.max(), loo.variance.amax(1)),
-        "snr": math.nan, "snr_se": math.nan, "kurtosis": math.nan,
+        "snr": math.nan, "snr_se": math.nan, "kurtosis": math.nan, "skewness": math.nan,
     }
     count = n.mean()
     norm = (loo.full_mean**2).sum()

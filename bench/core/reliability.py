@@ -1,11 +1,17 @@
 """When a cell's numbers cannot be trusted at its n, and why: the per-row `reliable` (the variance
 and everything built on it) and `mean_reliable` verdicts, a reason, and about how many
-estimates would be needed.
+estimates would be needed. Each rule was chosen on scripts/calibrate_intervals.py's replicated
+cells with exact moments (docs/calibration-intervals.md).
 
-Three causes, each measured by scripts/calibrate_intervals.py:
-- Heavy tails. The Pareto k-hat of the squared deviations (gradbench.core.tail_index) above
-  Vehtari et al.'s min(1 - 1/log10 n, 0.7) makes the variance unreliable; k-hat / 2 (the tail of
-  |x - mean| itself) above it makes the mean unreliable too.
+- Heavy tails. A mean of n draws has a normal-theory interval only if the draws have a finite
+  variance, i.e. a Pareto tail index k < 1/2, and pre-asymptotically Vehtari et al. (2024) find
+  means reliable for k-hat < 1 - 1/log10(n). The variance is a mean of the squared deviations
+  Y, so it is unreliable when the k-hat of Y (gradbench.core.tail_index) exceeds
+  LIMIT(n) = min(1 - 1/log10 n, 1/2); the mean, whose draws have tail index k(Y)/2, when
+  k-hat / 2 does. (Measured: Vehtari et al.'s own cap of 0.7 left the score function's d/dmu
+  variance interval at 0.90 coverage among unflagged runs at n = 2000.)
+- Skewness, for the mean: Cochran's rule as refined by Sugden, Smith & Jones (2000, JRSS B 62,
+  787-793): the 95% interval of a mean needs n > 28 + 25 g1^2, g1 the skewness.
 - Rare states. Where the support is enumerable, the effective probability p_eff of the states
   that carry the variance is known exactly (gradbench.core.rare_states): if fewer than RARE_COUNT
   such draws are expected among the n estimates, they may be missing from the sample, and with
@@ -37,6 +43,17 @@ from gradbench.core.tail_index import reliable_tail_index, tail_size
 MIN_SAMPLES = 50  # below: too few estimates for a tail diagnostic (M < 10 tail points)
 RARE_COUNT = 10.0  # expected draws of the states that matter
 MAX_EXTRAPOLATION = 1e12
+FINITE_VARIANCE = 0.5  # the largest tail index with a finite variance
+
+
+def limit(n: int) -> float:
+    """LIMIT(n): the largest k-hat at which a mean of n draws has a trustworthy interval."""
+    return min(reliable_tail_index(n), FINITE_VARIANCE)
+
+
+def skewness_needs(skewness: float) -> float:
+    """Estimates a mean's 95% interval needs at this skewness (Sugden et al. 2000)."""
+    return 28.0 + 25.0 * skewness * skewness
 
 
 @dataclass(frozen=True)
@@ -52,22 +69,20 @@ def tail_fraction(n: float) -> float:
     return min(0.2, 3.0 / math.sqrt(n))
 
 
-def samples_for_tail(n: int, k_hat: float, halve: bool = False) -> float:
-    """About how many estimates make k-hat (or k-hat / 2 with `halve`) meet the threshold, under
-    the stretched-exponential model of the module docstring; inf beyond MAX_EXTRAPOLATION.
+def samples_for_tail(n: int, k_hat: float) -> float:
+    """About how many estimates make k-hat meet LIMIT, under the stretched-exponential model of
+    the module docstring; inf beyond MAX_EXTRAPOLATION.
 
-    k(n') = A / log(1 / p(n')) with A = k log(1 / p(n)); above n' = 2154 the threshold is 0.7
-    and p(n') = 3 / sqrt(n'), so k(n') = 0.7 at n' = 9 exp(2 A / 0.7), rounded up to two
-    significant digits; below, the threshold is smaller and the condition is checked directly."""
-    k = k_hat / 2.0 if halve else k_hat
-    strength = k * math.log(1.0 / tail_fraction(n))
-    exponent = 2.0 * strength / 0.7
+    k(n') = A / log(1 / p(n')) with A = k log(1 / p(n)); from n' = 100 on LIMIT is 1/2 and (from
+    n' = 225) p(n') = 3 / sqrt(n'), so k(n') = 1/2 at n' = 9 exp(2 A / 0.5), rounded up to two
+    significant digits; the condition is checked directly where that approximation is off."""
+    strength = k_hat * math.log(1.0 / tail_fraction(n))
+    exponent = 2.0 * strength / FINITE_VARIANCE
     if exponent > math.log(MAX_EXTRAPOLATION / 9.0):
         return math.inf
     candidate = max(float(n), 9.0 * math.exp(exponent))
-    while strength / math.log(1.0 / tail_fraction(candidate)) > reliable_tail_index(
-            int(candidate)):
-        candidate *= 1.01  # only where the threshold is below 0.7 (n' < 2154)
+    while strength / math.log(1.0 / tail_fraction(candidate)) > limit(int(candidate)):
+        candidate *= 1.01
     return float(_round_up(candidate))
 
 
@@ -78,7 +93,8 @@ def _round_up(value: float) -> float:
 
 
 def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.ndarray,
-          rare: RareStates | None, proxy: np.ndarray | None = None) -> dict[str, np.ndarray]:
+          rare: RareStates | None, proxy: np.ndarray | None = None,
+          skewness: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per row: reliable, mean_reliable, reliability_reason ('' when reliable) and
     samples_needed (NaN when reliable). `proxy` marks rows whose k-hat is not their own (the
     largest of the parameter's tracked coordinates and its tensor norms)."""
@@ -89,11 +105,13 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
     with np.errstate(invalid="ignore", over="ignore"):
         is_rare = random & (n * np.nan_to_num(p, nan=np.inf) < RARE_COUNT)
     few = random & ~is_rare & ~two_point & (n < MIN_SAMPLES)
-    limit = np.array([reliable_tail_index(int(count)) for count in n]) if rows else np.zeros(0)
+    bound = np.array([limit(int(count)) for count in n]) if rows else np.zeros(0)
     k = np.asarray(k_hat, dtype=np.float64)
+    g = np.zeros(rows) if skewness is None else np.nan_to_num(np.asarray(skewness, np.float64))
     with np.errstate(invalid="ignore"):
-        heavy = random & ~is_rare & ~two_point & ~few & (k > limit)
-        heavy_mean = heavy & (k / 2.0 > limit)
+        heavy = random & ~is_rare & ~two_point & ~few & (k > bound)
+        heavy_mean = heavy & (k / 2.0 > bound)
+    skewed = random & ~is_rare & ~two_point & ~few & (n < 28.0 + 25.0 * g * g)
     reasons = np.full(rows, "", dtype=object)
     needed = np.full(rows, np.nan)
     for i in np.flatnonzero(is_rare):
@@ -105,15 +123,25 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
     for i in np.flatnonzero(few):
         needed[i] = MIN_SAMPLES
         reasons[i] = f"n = {n[i]}: too few estimates to check the tail (need {MIN_SAMPLES})"
-    for i in np.flatnonzero(heavy):
-        needed[i] = samples_for_tail(int(n[i]), float(k[i]))
-        source = ("the largest of the parameter's tracked coordinates and tensor norms, "
-                  if proxy is not None and proxy[i] else "")
-        reasons[i] = (f"heavy tail: k-hat {k[i]:.2f} > {limit[i]:.2f} for n = {n[i]} ({source}"
-                      f"squared deviations, {tail_size(int(n[i]))} largest)"
-                      + ("; the mean's too" if heavy_mean[i] else "")
-                      + "; about " + (f"{needed[i]:,.0f}" if math.isfinite(needed[i])
-                                      else f"more than {MAX_EXTRAPOLATION:.0e}")
-                      + " needed if the tail is stretched-exponential")
-    return {"reliable": ~(is_rare | few | heavy), "mean_reliable": ~(is_rare | heavy_mean),
+    for i in np.flatnonzero(heavy | skewed):
+        parts, wanted = [], []
+        if heavy[i]:
+            wanted.append(samples_for_tail(int(n[i]), float(k[i])))
+            source = ("the largest of the parameter's tracked coordinates and tensor norms, "
+                      if proxy is not None and proxy[i] else "")
+            parts.append(f"heavy tail: k-hat {k[i]:.2f} > {bound[i]:.2f} for n = {n[i]} "
+                         f"({source}squared deviations, {tail_size(int(n[i]))} largest)"
+                         + ("; the mean's too" if heavy_mean[i] else ""))
+        if skewed[i]:
+            wanted.append(_round_up(skewness_needs(g[i])))
+            parts.append(f"{'the mean: ' if not heavy[i] else ''}skewness {g[i]:.2g} needs "
+                         f"n > 28 + 25 g1^2 = {skewness_needs(g[i]):,.0f}")
+        needed[i] = max(wanted)
+        reasons[i] = ("; ".join(parts) + "; about "
+                      + (f"{needed[i]:,.0f}" if math.isfinite(needed[i])
+                         else f"more than {MAX_EXTRAPOLATION:.0e}")
+                      + (" needed if the tail is stretched-exponential" if heavy[i]
+                         else " needed"))
+    return {"reliable": ~(is_rare | few | heavy),
+            "mean_reliable": ~(is_rare | heavy_mean | skewed),
             "reliability_reason": reasons, "samples_needed": needed}

@@ -78,6 +78,7 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("mse", "bias^2 + variance of one estimate (tensor rows: E||g - truth||^2)"),
               ("mse_se", "standard error of mse"),
               ("kurtosis", "sample kurtosis m4 / m2^2 of the estimates (coord rows)"),
+              ("skewness", "sample skewness m3 / m2^1.5 of the estimates (coord rows)"),
               ("tail_index", "Pareto k-hat of the largest squared deviations (tensor rows: of "
                              "||g - shift||^2); heavy tail above min(1 - 1/log10 n, 0.7)"),
               ("samples_needed", "about how many estimates would make the row reliable "

@@ -34,7 +34,8 @@ from gradbench.core.tail_index import tail_index
 TWO_POINT_GAP = 1e-9
 Z = 1.959963984540054  # the normal's two-sided LEVEL quantile (Wilson's interval)
 
-UNCERTAINTY_KEYS = ("variance_lo", "variance_hi", "variance_df", "kurtosis", "tail_index",
+UNCERTAINTY_KEYS = ("variance_lo", "variance_hi", "variance_df", "kurtosis", "skewness",
+                    "tail_index",
                     "reliable", "mean_reliable", "reliability_reason", "samples_needed")
 
 
@@ -90,9 +91,10 @@ def summarize(
     _jackknife_snr_mse(out, loo, truth, truth_se)
 
     n = out["n"]
+    m2, m3 = moments.m2.cpu().numpy(), moments.m3.cpu().numpy()
     with np.errstate(all="ignore"):
-        out["kurtosis"] = np.where(n >= 2, out["n"] * moments.m4.cpu().numpy()
-                                   / moments.m2.cpu().numpy() ** 2, np.nan)
+        out["kurtosis"] = np.where(n >= 2, n * moments.m4.cpu().numpy() / m2**2, np.nan)
+        out["skewness"] = np.where((n >= 2) & (m2 > 0), np.sqrt(n) * m3 / m2**1.5, np.nan)
     shift = groups.shift
     centre = torch.as_tensor(np.nan_to_num(out["mean"]), dtype=torch.float64,
                              device=shift.device) - shift
@@ -110,7 +112,8 @@ def summarize(
         proxy = [k for k in proxy if np.isfinite(k)]
         judged[tracked:] = max(proxy) if proxy else np.nan
     verdict = reliability.judge(n=n, k_hat=judged, variance=out["variance"], two_point=mask,
-                                rare=rare, proxy=np.arange(len(n)) >= tracked)
+                                rare=rare, proxy=np.arange(len(n)) >= tracked,
+                                skewness=out["skewness"])
     out.update(verdict)
     return out
 

@@ -1,0 +1,98 @@
+"""`bench check` and numbers that are not reliable at their n: such rows are reported "not
+testable at this n" with the reason, never passed or failed silently; t-based p-values; tensor
+rows tested for the trace, and for bias (Bonferroni) where coordinate rows were capped."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from helpers import invoke
+from scipy import stats
+from test_check import frame, row
+
+from gradbench.app import check, check_summary
+
+REASON = ("heavy tail: k-hat 1.20 > 0.70 for n = 4000 (squared deviations, 189 largest); "
+          "about 81,000 needed if the tail is stretched-exponential")
+
+
+def test_unreliable_rows_are_not_testable_neither_passed_nor_failed():
+    base = frame(row(coord=0), row(coord=1), row(coord=2, reliable=False,
+                                                 reliability_reason=REASON))
+    cur = frame(
+        row(coord=0, variance=9.0, variance_se=0.1, reliable=False, reliability_reason=REASON,
+            samples_needed=81_000.0),  # 9x, but the current side is not reliable
+        row(coord=1, bias=0.5, mean=1.5, mean_reliable=False, reliable=False,
+            reliability_reason="rare states: ...", samples_needed=31_000.0),
+        row(coord=2, variance=9.0, variance_se=0.1),  # baseline side not reliable
+    )
+    result = check.compare(cur, base)
+    assert not result.failed
+    verdicts = result.rows.set_index("coord")["verdict"]
+    assert (verdicts == check.NOT_TESTABLE).all()
+    assert result.rows["z_variance"].isna().all()
+    assert result.rows.set_index("coord")["z_bias"].isna().tolist() == [False, True, False]
+    cells = check_summary.untestable_cells(result)
+    assert len(cells) == 1 and cells.loc[0, "rows"] == 3
+    assert cells.loc[0, "samples_needed"] == 81_000.0
+    reasons = " ".join(result.rows["untestable"])
+    assert "variance: heavy tail" in reasons and "bias: rare states" in reasons
+    assert "variance: baseline: heavy tail" in reasons
+    assert any(line.startswith(check.NOT_TESTABLE) for line in
+               check_summary.summary_lines(result))
+    assert "Not testable at this n" in check_summary.to_markdown(result)
+
+
+def test_cli_prints_not_testable_cells_with_reason(tmp_path):
+    base = frame(row(coord=0))
+    cur = frame(row(coord=0, variance=9.0, reliable=False, reliability_reason=REASON))
+    base.to_parquet(tmp_path / "b.parquet")
+    cur.to_parquet(tmp_path / "c.parquet")
+    result = invoke("check", str(tmp_path / "c.parquet"), "--baseline",
+                    str(tmp_path / "b.parquet"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "not testable at this n (variance: heavy tail: k-hat 1.20" in text
+    assert "about 81,000 needed" in text
+
+
+def test_variance_p_values_use_student_t_with_welch_degrees_of_freedom():
+    # log ratio 0.5 with relative SEs 0.1 on both sides: z = 0.5 / sqrt(0.02) = 3.54; with 10
+    # dof per side Welch gives 20: P(T_20 > 3.54) = 1.04e-3 (scipy), the normal's 2.0e-4.
+    base = frame(row(variance=1.0, variance_se=0.1, variance_df=10.0))
+    cur = frame(row(variance=math.exp(0.5), variance_se=0.1 * math.exp(0.5), variance_df=10.0))
+    rows = check.compare(cur, base).rows
+    assert rows["ratio_df"].iloc[0] == pytest.approx(20.0)
+    assert rows["p_variance"].iloc[0] == pytest.approx(stats.t.sf(0.5 / math.sqrt(0.02), 20),
+                                                       rel=1e-9)
+
+
+def test_tensor_rows_test_the_trace_and_capped_tensors_test_bias():
+    tensor = {"level": "tensor", "coord": -1, "param_size": 1000}
+    # All 1000 coordinate rows present: the tensor row's bias is not tested again.
+    base = frame(*[row(coord=c, param_size=1000) for c in range(1000)], row(**tensor))
+    cur = frame(*[row(coord=c, param_size=1000) for c in range(1000)],
+                row(**tensor, bias=0.05, mean=1.05))  # z = 5 on its worst coordinate
+    got = check.compare(cur, base).rows.set_index(["level", "coord"])
+    assert math.isnan(got.loc[("tensor", -1), "z_bias"])
+    assert got.loc[("tensor", -1), "z_variance"] == 0.0  # the trace is tested
+    # Coordinates capped (2 of 1000 shown): the tensor row's worst coordinate is tested against
+    # a Bonferroni bound over 1000 coordinates: p = 1000 x 2 P(T_3999 > 5) = 5.8e-4.
+    base = frame(row(coord=0, param_size=1000), row(coord=1, param_size=1000), row(**tensor))
+    cur = frame(row(coord=0, param_size=1000), row(coord=1, param_size=1000),
+                row(**tensor, bias=0.05, mean=1.05))
+    got = check.compare(cur, base).rows.set_index(["level", "coord"])
+    assert got.loc[("tensor", -1), "p_bias"] == pytest.approx(1000 * 2 * stats.t.sf(5, 3999),
+                                                              rel=1e-9)
+
+
+def test_one_coordinate_tensor_rows_are_not_tested_twice():
+    base = frame(row(coord=0), row(level="tensor", coord=-1))
+    cur = frame(row(coord=0, variance=1.3, variance_se=0.01),
+                row(level="tensor", coord=-1, variance=1.3, variance_se=0.01))
+    result = check.compare(cur, base)
+    assert result.tests == 2  # the coordinate's variance and bias
+    tensor = result.rows[result.rows["level"] == "tensor"].iloc[0]
+    assert np.isnan(tensor["z_variance"]) and tensor["verdict"] == check.OK
