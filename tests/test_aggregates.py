@@ -135,3 +135,18 @@ def test_a_cell_writes_coordinate_rows_up_to_coords_and_always_tensor_rows():
 def test_coords_must_not_be_negative():
     with pytest.raises(Exception, match="--coords -1"):
         cell(-1)
+
+
+def test_tensor_verdict_with_rare_states_known_but_none_rare():
+    # Two equally likely values per coordinate (p_eff infinite) and a heavy-tailed tensor norm:
+    # the tensor row is judged on its tail alone (this crashed on bernoulli-toy at theta = 0).
+    from gradbench.core.reliability import RareStates
+
+    rng = np.random.default_rng(4)
+    x = rng.standard_t(2.5, size=(4000, 3)) ** 3
+    stats = StreamingMoments(3, samples=4000, tail_size=190, blocks=[(0, 3)])
+    stats.add(torch.from_numpy(x))
+    rare = RareStates(probability=np.full(3, np.inf), kurtosis=np.ones(3))
+    row = aggregate(stats.moments(), stats.groups(), stats.tails().block_norms(0), None, None,
+                    rare)
+    assert row["reliable"] is False and row["reliability_reason"].startswith("heavy tail")

@@ -138,6 +138,8 @@ def _verdict(row: dict[str, object], k_hat: float, rare: reliability.RareStates 
         worst = int(np.nanargmin(rare.probability))
         rare = reliability.RareStates(probability=rare.probability[worst:worst + 1],
                                       kurtosis=rare.kurtosis[worst:worst + 1])
+    else:  # no coordinate has rare states (p_eff infinite: two equally likely values)
+        rare = None
     count = int(n.min()) if worst is None else int(n[worst])
     verdict = reliability.judge(n=np.array([count]), k_hat=np.array([k_hat]),
                                 variance=np.array([row["variance"]]),

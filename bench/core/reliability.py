@@ -100,6 +100,8 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
     largest of the parameter's tracked coordinates and its tensor norms)."""
     n = np.asarray(n, dtype=np.int64)
     rows = len(n)
+    if rare is not None and len(rare.probability) != rows:
+        raise ValueError(f"rare states for {len(rare.probability)} rows, judging {rows}")
     random = np.asarray(variance, dtype=np.float64) > 0  # constant (or no data): nothing to judge
     p = np.full(rows, np.nan) if rare is None else np.asarray(rare.probability, np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
