@@ -38,7 +38,7 @@ def test_unreliable_rows_are_not_testable_neither_passed_nor_failed():
     assert len(cells) == 1 and cells.loc[0, "rows"] == 3
     assert cells.loc[0, "samples_needed"] == 81_000.0
     reasons = " ".join(result.rows["untestable"])
-    assert "variance: heavy tail" in reasons and "bias: rare states" in reasons
+    assert "variance: heavy tail" in reasons and "variance and bias: rare states" in reasons
     assert "variance: baseline: heavy tail" in reasons
     assert any(line.startswith(check.NOT_TESTABLE) for line in
                check_summary.summary_lines(result))

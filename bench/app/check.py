@@ -376,8 +376,13 @@ def _untestable(rows: pd.DataFrame, skipped: np.ndarray, test: str) -> np.ndarra
         if "reliability_reason_b" in rows else np.full(len(rows), "")
     for i in np.flatnonzero(skipped):
         reason = current[i] or (f"baseline: {baseline[i]}" if baseline[i] else "not reliable")
-        note = f"{test}: {reason}"
-        out[i] = f"{out[i]}; {note}" if out[i] and note not in out[i] else (out[i] or note)
+        if not out[i]:
+            out[i] = f"{test}: {reason}"
+        elif out[i].endswith(f": {reason}"):  # the same reason: "variance and bias: ..."
+            tests, _, _ = out[i].partition(": ")
+            out[i] = f"{tests} and {test}: {reason}"
+        else:
+            out[i] = f"{out[i]}; {test}: {reason}"
     return out
 
 
