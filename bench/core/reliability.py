@@ -139,11 +139,13 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
             parts.append(f"{'the mean: ' if not heavy[i] else ''}skewness {g[i]:.2g} needs "
                          f"n > 28 + 25 g1^2 = {skewness_needs(g[i]):,.0f}")
         needed[i] = max(wanted)
-        reasons[i] = ("; ".join(parts) + "; about "
-                      + (f"{needed[i]:,.0f}" if math.isfinite(needed[i])
-                         else f"more than {MAX_EXTRAPOLATION:.0e}")
-                      + (" needed if the tail is stretched-exponential" if heavy[i]
-                         else " needed"))
+        if not math.isfinite(needed[i]):
+            tail = f"; too heavy to extrapolate (more than {MAX_EXTRAPOLATION:.0e} estimates)"
+        elif heavy[i]:
+            tail = f"; about {needed[i]:,.0f} needed if the tail is stretched-exponential"
+        else:
+            tail = f"; about {needed[i]:,.0f} needed"
+        reasons[i] = "; ".join(parts) + tail
     return {"reliable": ~(is_rare | few | heavy),
             "mean_reliable": ~(is_rare | heavy_mean | skewed),
             "reliability_reason": reasons, "samples_needed": needed}
