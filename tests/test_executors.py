@@ -33,11 +33,13 @@ REQUEST = planning.RunRequest(
 )
 # Everything a cell computes (metadata and timings differ between runs by design).
 STATISTICS = ["n", "nonfinite", "mean", "mean_se", "variance", "variance_se", "std", "bias",
-              "bias_se", "snr", "snr_se", "mse", "mse_se", "truth", "chunks", "chunk_size"]
+              "bias_se", "snr", "snr_se", "mse", "mse_se", "truth", "chunks", "chunk_size",
+              "variance_lo", "variance_hi", "tail_index", "reliable", "reliability_reason",
+              "grad_snr", "cosine", "relative_mse_se", "groups"]
 
 
 def statistics(frame: pd.DataFrame) -> pd.DataFrame:
-    keys = ["cell_id", "param", "coord"]
+    keys = ["cell_id", "param", "level", "coord"]
     return frame.sort_values(keys).reset_index(drop=True)[keys + STATISTICS]
 
 

@@ -29,12 +29,13 @@ REQUEST = planning.RunRequest(
 )
 CELLS = 32
 STATISTICS = ["n", "nonfinite", "mean", "mean_se", "variance", "variance_se", "std", "bias",
-              "bias_se", "snr", "snr_se", "mse", "mse_se", "truth", "chunks", "chunk_size"]
+              "bias_se", "snr", "snr_se", "mse", "mse_se", "truth", "chunks", "chunk_size",
+              "variance_lo", "variance_hi", "tail_index", "reliable", "grad_snr", "cosine"]
 BENCH = [sys.executable, "-m", "gradbench.app.cli"]
 
 
 def statistics(run_dir: Path) -> pd.DataFrame:
-    keys = ["cell_id", "param", "coord"]
+    keys = ["cell_id", "param", "level", "coord"]
     frame = store.read_results(run_dir)
     return frame.sort_values(keys).reset_index(drop=True)[keys + STATISTICS]
 
