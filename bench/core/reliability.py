@@ -126,26 +126,34 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
         needed[i] = MIN_SAMPLES
         reasons[i] = f"n = {n[i]}: too few estimates to check the tail (need {MIN_SAMPLES})"
     for i in np.flatnonzero(heavy | skewed):
-        parts, wanted = [], []
-        if heavy[i]:
-            wanted.append(samples_for_tail(int(n[i]), float(k[i])))
-            source = ("the largest of the parameter's tracked coordinates and tensor norms, "
-                      if proxy is not None and proxy[i] else "")
-            parts.append(f"heavy tail: k-hat {k[i]:.2f} > {bound[i]:.2f} for n = {n[i]} "
-                         f"({source}squared deviations, {tail_size(int(n[i]))} largest)"
-                         + ("; the mean's too" if heavy_mean[i] else ""))
-        if skewed[i]:
-            wanted.append(_round_up(skewness_needs(g[i])))
-            parts.append(f"{'the mean: ' if not heavy[i] else ''}skewness {g[i]:.2g} needs "
-                         f"n > 28 + 25 g1^2 = {skewness_needs(g[i]):,.0f}")
-        needed[i] = max(wanted)
-        if not math.isfinite(needed[i]):
-            tail = f"; too heavy to extrapolate (more than {MAX_EXTRAPOLATION:.0e} estimates)"
-        elif heavy[i]:
-            tail = f"; about {needed[i]:,.0f} needed if the tail is stretched-exponential"
-        else:
-            tail = f"; about {needed[i]:,.0f} needed"
-        reasons[i] = "; ".join(parts) + tail
+        needed[i], reasons[i] = _tail_reason(
+            int(n[i]), float(k[i]), float(bound[i]), float(g[i]), bool(heavy[i]),
+            bool(heavy_mean[i]), bool(skewed[i]), proxy is not None and bool(proxy[i]))
     return {"reliable": ~(is_rare | few | heavy),
             "mean_reliable": ~(is_rare | heavy_mean | skewed),
             "reliability_reason": reasons, "samples_needed": needed}
+
+
+def _tail_reason(n: int, k: float, bound: float, g: float, heavy: bool, heavy_mean: bool,
+                 skewed: bool, proxy: bool) -> tuple[float, str]:
+    """Estimates needed and the reason, for a heavy tail and/or a skewed mean."""
+    parts, wanted = [], []
+    if heavy:
+        wanted.append(samples_for_tail(n, k))
+        source = ("the largest of the parameter's tracked coordinates and tensor norms, "
+                  if proxy else "")
+        parts.append(f"heavy tail: k-hat {k:.2f} > {bound:.2f} for n = {n} ({source}squared "
+                     f"deviations, {tail_size(n)} largest)"
+                     + ("; the mean's too" if heavy_mean else ""))
+    if skewed:
+        wanted.append(_round_up(skewness_needs(g)))
+        parts.append(f"{'the mean: ' if not heavy else ''}skewness {g:.2g} needs n > 28 + 25 "
+                     f"g1^2 = {skewness_needs(g):,.0f}")
+    needed = max(wanted)
+    if not math.isfinite(needed):
+        tail = f"; too heavy to extrapolate (more than {MAX_EXTRAPOLATION:.0e} estimates)"
+    elif heavy:
+        tail = f"; about {needed:,.0f} needed if the tail is stretched-exponential"
+    else:
+        tail = f"; about {needed:,.0f} needed"
+    return needed, "; ".join(parts) + tail

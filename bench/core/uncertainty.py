@@ -95,27 +95,32 @@ def summarize(
     with np.errstate(all="ignore"):
         out["kurtosis"] = np.where(n >= 2, n * moments.m4.cpu().numpy() / m2**2, np.nan)
         out["skewness"] = np.where((n >= 2) & (m2 > 0), np.sqrt(n) * m3 / m2**1.5, np.nan)
-    shift = groups.shift
-    centre = torch.as_tensor(np.nan_to_num(out["mean"]), dtype=torch.float64,
-                             device=shift.device) - shift
+    out["tail_index"], judged = _tail_indices(tails, groups.shift, out["mean"], norm_tail)
+    verdict = reliability.judge(n=n, k_hat=judged, variance=out["variance"], two_point=mask,
+                                rare=rare, proxy=np.arange(len(n)) >= tails.shape[1],
+                                skewness=out["skewness"])
+    out.update(verdict)
+    return out
+
+
+def _tail_indices(tails: Tensor, shift: Tensor, mean: np.ndarray, norm_tail: Tensor | None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """k-hat of the tracked coordinates (NaN for the others) and the k-hat each row is judged
+    by: its own, or for untracked rows the largest of the tracked ones and the tensor norms."""
     tracked = tails.shape[1] if tails.ndim == 2 else 0
-    squared = (tails.to(torch.float64) - centre[:tracked]) ** 2 if tails.numel() else tails
-    k_hat = np.full(len(n), np.nan)
+    centre = torch.as_tensor(np.nan_to_num(mean), dtype=torch.float64, device=shift.device) - shift
+    k_hat = np.full(len(mean), np.nan)
     if tails.shape[0]:
+        squared = (tails.to(torch.float64) - centre[:tracked]) ** 2
         k_hat[:tracked] = tail_index(squared).cpu().numpy()
-    out["tail_index"] = k_hat
     judged = k_hat.copy()
-    if tracked < len(n):  # untracked coordinates: the worst tracked one, or the tensor's norms
+    if tracked < len(mean):
         proxy = [k for k in k_hat[:tracked] if np.isfinite(k)]
         if norm_tail is not None and norm_tail.numel():
             proxy.append(float(tail_index(norm_tail.reshape(-1, 1))[0]))
         proxy = [k for k in proxy if np.isfinite(k)]
         judged[tracked:] = max(proxy) if proxy else np.nan
-    verdict = reliability.judge(n=n, k_hat=judged, variance=out["variance"], two_point=mask,
-                                rare=rare, proxy=np.arange(len(n)) >= tracked,
-                                skewness=out["skewness"])
-    out.update(verdict)
-    return out
+    return k_hat, judged
 
 
 def _jackknife_snr_mse(out: dict[str, np.ndarray], loo, truth: Tensor | None,
