@@ -30,13 +30,15 @@ def varying_columns(frame: pd.DataFrame, candidates: list[str]) -> list[str]:
 def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
     """Coordinate 0 of each parameter per cell (all coordinates are in the parquet)."""
     frame = frame.assign(biased_cell=biased_cells(frame))
-    first = frame[frame["coord"] == 0]
+    first = frame[_shown_rows(frame)]
     keys = varying_columns(first, ["suite", *setting_columns(first),
                                    *hyperparam_columns(first), "device"])
     first = first.sort_values([*keys, "estimator", "param"], kind="stable")
-    table = Table(title=title or None, caption="coordinate 0 of each parameter; ± one standard "
-                  "error; bias in red where the cell is measurably biased (some coordinate "
-                  "beyond max(4, Bonferroni) SE and rounding); ! after a number: not reliable "
+    table = Table(title=title or None, caption="coordinate 0 of each parameter (or, written "
+                  "without coordinate rows, its tensor row: total variance, worst coordinate's "
+                  "bias); ± one standard error; bias in red where the cell is measurably "
+                  "biased (some coordinate beyond max(4, Bonferroni) SE and rounding); ! after "
+                  "a number: not reliable "
                   "at this n (heavy tail or rare states; the results' reliability_reason says "
                   "why and about how many estimates would do); time is the estimator's alone, "
                   "per cell", caption_justify="left")
@@ -70,6 +72,18 @@ def summary_table(frame: pd.DataFrame, title: str = "") -> Table:
             rate(r["seconds_per_estimate"], r.get("seconds_per_estimate_se")),
         )
     return table
+
+
+def _shown_rows(frame: pd.DataFrame) -> np.ndarray:
+    """Coordinate 0 of each parameter, or its tensor row where no coordinate row was written
+    (`bench run --coords 0`)."""
+    if "level" not in frame:
+        return (frame["coord"] == 0).to_numpy()
+    tensor = (frame["level"] == "tensor").to_numpy()
+    listed = frame.loc[~tensor, ["cell_id", "param"]].drop_duplicates()
+    keys = pd.MultiIndex.from_frame(frame[["cell_id", "param"]])
+    has_coords = keys.isin(pd.MultiIndex.from_frame(listed))
+    return ((frame["coord"] == 0).to_numpy() & ~tensor) | (tensor & ~has_coords)
 
 
 def biased_cells(frame: pd.DataFrame) -> np.ndarray:
