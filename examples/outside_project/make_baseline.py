@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-import gradbench
 import estimators.halved  # noqa: F401  (registers score-function-halved)
+
+import gradbench
 
 CELLS = {"estimator": "score-function-halved", "suite": "gaussian-quadratic",
          "settings": {"dim": 1, "sigma": 1.0, "k": 0.0}, "samples": 4000}
