@@ -5,6 +5,7 @@ how to run and how the numbers are taken; the summary table comes at the end of 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -96,7 +97,7 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
         measure.run_cell(cell)
         case.harness_s.append(clock() - start)
 
-    measure.run_cell(planning.Cell(*cell.key[:6], 1000, 0))  # warm: kernels, allocator, caches
+    measure.run_cell(dataclasses.replace(cell, samples=1000))  # warm: kernels, allocator, caches
     torch.randn(buffer.shape, out=buffer)
     benchmark.extra_info.update(samples=samples, coords=coords, device=device, dtype=dtype)
     benchmark.pedantic(harness, setup=limit, rounds=ROUNDS[device], iterations=1)
