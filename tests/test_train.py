@@ -23,7 +23,7 @@ from gradbench.suites import get_suite
 
 F64 = torch.float64
 # Columns that differ between two computations of the same trajectory by design.
-TIMING = ["seconds", "estimator_seconds"]
+TIMING = ["seconds", "estimator_seconds", "problem_seconds"]
 
 
 def trajectory(estimator="score-function", settings=None, hyper=(), **options):

@@ -28,7 +28,8 @@ ARGS = ["--suite", "binary-latent", "-e", "disarm", "-e", "score-function-loo", 
 REQUEST = dict(suite="binary-latent", estimators=("disarm", "score-function-loo"), seeds=2,
                eval_every=100, variance_draws=20)
 # What differs between two computations of the same rows by design: wall times and the run.
-VOLATILE = ["seconds", "estimator_seconds", "run_id", "started_at", "command", "threads"]
+VOLATILE = ["seconds", "estimator_seconds", "problem_seconds", "run_id", "started_at",
+            "command", "threads"]
 
 
 def rows(run_dir: Path) -> pd.DataFrame:

@@ -107,8 +107,9 @@ def list_command(plugin: PluginOption = None) -> None:
         settings = "\n".join(f"{s.name} = {', '.join(map(str, s.defaults))}"
                              for s in suite.settings.values())
         offers = "\n".join(kind.title for kind in suite.offers) or "-"
-        suites.add_row(f"{suite.name} v{suite.version}", suite.description, settings, offers,
-                       f"{suite.default_samples:,}")
+        trainable = "\n(bench train)" if suite.trainable else ""
+        suites.add_row(f"{suite.name} v{suite.version}{trainable}", suite.description, settings,
+                       offers, f"{suite.default_samples:,}")
     console.print(suites)
     for name, error in failures().items():
         err_console.print(f"[yellow]warning[/yellow] plugin {name} failed to load: {error}",
@@ -238,7 +239,7 @@ def train_command(
         help="Gradient estimates per variance measurement (at each evaluation point).")] = 100,
     refit_every: Annotated[int, typer.Option(
         help="Steps between refits of an estimator's warm-up (relax's surrogate, a control "
-        "variate); counted as training.")] = 250,
+        "variate); counted as training.")] = 500,
     basket: Annotated[bool, typer.Option(
         "--basket", help="Also measure every listed estimator's variance at each trajectory's "
         "evaluation points.")] = False,

@@ -92,7 +92,7 @@ def summary_tables(frame: pd.DataFrame) -> list[tuple[str, Table]]:
         title = f"{suite} {settings}: final values, mean ± SE over seeds"
         rich = Table(title=title, caption=f"objective: {part['objective_name'].iloc[0]}; "
                      f"target: {table.attrs['target_metric']} = {table.attrs['target']:.6g} "
-                     "(the worst variant's final mean)", caption_justify="left")
+                     "(90% of the worst variant's mean improvement)", caption_justify="left")
         labels = [c for c in table.columns if f"{c} SE" in table.columns
                   and c not in ("target steps", "target seconds")]
         for column in ("estimator", "seeds", *labels, "evals", "steps to target"):

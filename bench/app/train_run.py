@@ -99,6 +99,7 @@ class _Progress:
 
     seconds: float = 0.0
     estimator_seconds: float = 0.0
+    problem_seconds: float = 0.0
     evals: float = 0.0
     diverged_at: int = -1
     state: dict[str, Any] = field(default_factory=dict)  # the estimator's warm-up state
@@ -109,6 +110,34 @@ class _Measured:
     estimator: Estimator
     hyperparams: dict[str, Any]
     own: bool
+
+
+def flat_parameters(initial: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """One flat vector holding copies of every tensor, and the tensors as views into it (same
+    names and shapes): the optimizer updates the vector, the trainer sees the tensors."""
+    values = list(initial.values())
+    kinds = {(v.dtype, v.device) for v in values}
+    if len(kinds) != 1:
+        raise ValueError(f"trainable parameters must share one dtype and device, not {kinds}")
+    flat = torch.cat([v.detach().reshape(-1) for v in values]).clone()
+    views, offset = {}, 0
+    for name, value in initial.items():
+        views[name] = flat[offset:offset + value.numel()].view(value.shape)
+        offset += value.numel()
+    return flat, views
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def step_seed(base: int, step: int) -> int:
+    """A 63-bit seed for step `step` of a stream seeded by `base`: SplitMix64's finaliser of
+    base + (step + 1) * golden gamma (Steele et al. 2014). Per step, derive_seed's JSON and
+    SHA-256 cost more than a small model's whole update; this mixes as well for seeding."""
+    z = (base + (step + 1) * 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
 
 
 def _reseed(device: torch.device, seed: int) -> None:
@@ -143,12 +172,15 @@ class _Loop:
         self.hyper = traj.hyperparams_dict()
         self.measured = [_Measured(self.estimator, self.hyper, True)] + [
             _Measured(get_estimator(name), dict(hyper), False) for name, _, hyper in traj.basket]
-        self.params = {k: v.detach().clone() for k, v in self.trainer.initial().items()}
-        self.optimizer = make_optimizer(traj.optimizer, self.params, traj.learning_rate)
+        self.flat, self.params = flat_parameters(self.trainer.initial())
+        self.optimizer = make_optimizer(traj.optimizer, self.flat, traj.learning_rate)
+        self.estimator_seed = traj.estimator_seed  # derived once: a hash of the whole key
+        self.step_base = derive_seed(self.estimator_seed, "step")
         self.schedule = MinibatchSchedule(self.trainer.train_rows, self.trainer.batch,
                                           traj.data_seed)
         self.evaluation_rows = self.schedule.evaluation_rows(traj.evaluation_seed)
         self.progress = _Progress()
+        self.evals_per_step: float | None = None
 
     def run(self) -> dict[str, list]:
         traj = self.traj
@@ -174,33 +206,44 @@ class _Loop:
         step's minibatch; training time and evaluations."""
         if self.estimator.warmup is None:
             return
-        start = time.perf_counter()
-        problem = self.trainer.problem(self.params, self.schedule.rows(step))
-        _reseed(self.device, derive_seed(self.traj.estimator_seed, "refit", step))
-        self.progress.state = _warmup(self.estimator, problem, self.hyper)
-        synchronize(self.device)
-        self.progress.evals += self.estimator.warmup_evals_total(problem, self.hyper)
-        self.progress.seconds += time.perf_counter() - start
-
-    def train_step(self, step: int) -> bool:
-        """One optimizer step; False (and progress.diverged_at set) when the gradient or the
-        new parameters are not finite, which ends training (the rows so far are kept)."""
         progress, start = self.progress, time.perf_counter()
-        problem = self.trainer.problem(self.params, self.schedule.rows(step))
-        _reseed(self.device, derive_seed(self.traj.estimator_seed, "step", step))
+        rows = self.schedule.rows(step)
+        built = time.perf_counter()
+        problem = self.trainer.problem(self.params, rows)
+        _reseed(self.device, derive_seed(self.estimator_seed, "refit", step))
         called = time.perf_counter()
-        estimates = self.estimator.fn(problem, 1, **self.hyper, **progress.state)
+        progress.state = _warmup(self.estimator, problem, self.hyper)
         synchronize(self.device)
         returned = time.perf_counter()
-        grads = {name: estimates[name][0] for name in self.params}
-        if not all(bool(torch.isfinite(g).all()) for g in grads.values()):
-            progress.diverged_at = step
-            return False
-        self.optimizer.step(grads)
-        progress.evals += self.estimator.evals_per_estimate(problem, self.hyper)
+        progress.evals += self.estimator.warmup_evals_total(problem, self.hyper)
+        progress.problem_seconds += called - built
         progress.estimator_seconds += returned - called
         progress.seconds += time.perf_counter() - start
-        if not all(bool(torch.isfinite(v).all()) for v in self.params.values()):
+
+    def train_step(self, step: int) -> bool:
+        """One optimizer step; False (and progress.diverged_at set) when the new parameters are
+        not finite, which ends training (the rows so far are kept; no later step is
+        evaluated)."""
+        progress, start = self.progress, time.perf_counter()
+        rows = self.schedule.rows(step)
+        built = time.perf_counter()
+        problem = self.trainer.problem(self.params, rows)
+        _reseed(self.device, step_seed(self.step_base, step))
+        called = time.perf_counter()
+        estimates = self.estimator.fn(problem, 1, **self.hyper, **progress.state)
+        if self.device.type == "cuda":
+            synchronize(self.device)
+        returned = time.perf_counter()
+        self.optimizer.step(torch.cat([estimates[name][0].reshape(-1) for name in self.params]))
+        if self.evals_per_step is None:  # fixed by the minibatch's shape: ask once
+            self.evals_per_step = self.estimator.evals_per_estimate(problem, self.hyper)
+        progress.evals += self.evals_per_step
+        progress.problem_seconds += called - built
+        progress.estimator_seconds += returned - called
+        progress.seconds += time.perf_counter() - start
+        # A NaN or Inf in the gradient reaches the parameters through SGD and Adam alike (and
+        # so does an overflowing step): one check of the parameters covers both.
+        if not math.isfinite(float(self.flat.sum())):
             progress.diverged_at = step
             return False
         return True
@@ -228,7 +271,7 @@ class _Loop:
 
     def variance(self, problem: Problem, item: _Measured, step: int) -> dict[str, float]:
         """Total and per-tensor variance of one estimate of `item` at the current parameters."""
-        seed = derive_seed(self.traj.estimator_seed, "variance", item.estimator.name,
+        seed = derive_seed(self.estimator_seed, "variance", item.estimator.name,
                            canonical_json(item.hyperparams), step)
         with seeded(seed, self.device):
             state = (self.progress.state if item.own
@@ -250,7 +293,8 @@ class _Loop:
         columns: dict[str, Any] = {
             **_key_columns(traj, self.estimator, int(self.trainer.batch)),
             "step": step, "seconds": progress.seconds,
-            "estimator_seconds": progress.estimator_seconds, "evals": progress.evals,
+            "estimator_seconds": progress.estimator_seconds,
+            "problem_seconds": progress.problem_seconds, "evals": progress.evals,
             "objective": float(finite.mean()) if len(finite) else math.nan,
             "objective_se": (float(finite.std() / math.sqrt(len(finite))) if len(finite) > 1
                              else math.nan),

@@ -129,7 +129,10 @@ TRAINING_COLUMNS: tuple[Column, ...] = tuple([
     Column("learning_rate", "key", float, "the optimizer's learning rate"),
     *_columns("metric", float,
               ("seconds", "training wall time so far: steps and refits, evaluation excluded"),
-              ("estimator_seconds", "the part of `seconds` spent inside estimator calls"),
+              ("estimator_seconds", "the part of `seconds` spent inside estimator calls and "
+                                    "warm-up refits"),
+              ("problem_seconds", "the part of `seconds` spent by the trainer building "
+                                  "problems; the rest is bench train's own overhead"),
               ("evals", "evaluations of f so far by training (steps and warm-up refits)"),
               ("objective", "the training objective, minibatch estimate: mean of f over "
                             "variance_draws draws on the fixed evaluation minibatch"),

@@ -100,9 +100,9 @@ def _section(suite: str, settings: str, part: pd.DataFrame, out: Path,
             "listed estimator at the same parameters and minibatch (estimators with a warm-up "
             "fitted there); one panel per estimator that trained the trajectory.")))
     table = final_table(own)
-    target = (f"Target: {primary(own).label} = {table.attrs['target']:.6g}, the final mean of "
-              "the variant that ends worst (so every variant's mean curve reaches it); steps "
-              "and seconds to it average the seeds that reach it.")
+    target = (f"Target: {primary(own).label} = {table.attrs['target']:.6g}, 90% of the mean "
+              "improvement of the variant that ends worst (so every variant's mean curve "
+              "reaches it); steps and seconds to it average the seeds that reach it.")
     note = (f"Objective: {own['objective_name'].iloc[0]}. Seeds per estimator: {seeds}. "
             f"Final values: mean ± SE over seeds at the last step. {target}")
     return TrainingSection(suite, settings, figures, display_table(table), note)
