@@ -212,3 +212,11 @@ def test_a_diverging_trajectory_stops_and_keeps_its_rows(nan_estimator):
     assert rows["step"].tolist() == [0, 1]  # step 1's gradient was NaN: no step 2
     assert (rows["diverged_at"] == 1).all()
     assert np.isfinite(rows["eval[train_neg_elbo]"]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_trajectory_trains_on_cuda():
+    rows = frame(trajectory("disarm", {"batch": 8}, steps=20, eval_every=10, device="cuda"))
+    assert rows["step"].tolist() == [0, 10, 20] and (rows["device"] == "cuda").all()
+    columns = ["objective", "variance", "variance[enc_weight]", "eval[train_neg_elbo]"]
+    assert np.isfinite(rows[columns].to_numpy()).all()

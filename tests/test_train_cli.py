@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from helpers import assert_one_line_error, invoke
 from PIL import Image
 
 from gradbench.app import cli, train_execute, train_plan
 from gradbench.app.executors import DaskExecutor, LocalExecutor, ProcessExecutor
+from gradbench.core import estimator as registry
 from gradbench.core.schema import RESERVED, TRAINING_COLUMNS, declared_columns
 from gradbench.results import store
 from gradbench.results.schema import role_of
@@ -57,7 +59,7 @@ def wait_for_files(out: Path, process: subprocess.Popen, count: int) -> Path:
 
 
 def test_a_killed_run_resumes_to_the_uninterrupted_rows(tmp_path):
-    steps = ["--steps", "200"]
+    steps = ["--steps", "120"]
     process = subprocess.Popen([*BENCH, "train", *ARGS, *steps, "--out", str(tmp_path / "k")],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = wait_for_files(tmp_path / "k", process, 1)
@@ -70,7 +72,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_rows(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert f"{4 - len(kept)} of 4 trajectories to train, {len(kept)} already done" in (
         resumed.stderr)
-    pd.testing.assert_frame_equal(rows(run_dir), uninterrupted(tmp_path / "u", 200))
+    pd.testing.assert_frame_equal(rows(run_dir), uninterrupted(tmp_path / "u", 120))
 
 
 def test_sigterm_stops_cleanly_and_prints_the_resume_command(tmp_path):
@@ -150,6 +152,34 @@ def test_resume_refuses_other_runs_and_other_options(tmp_path):
     run_id = store.run_dirs(tmp_path / "t")[0].name
     result = invoke("train", *ARGS, "--steps", "3", "--resume", run_id, "--out", tmp_path / "t")
     assert_one_line_error(result, "different options")
+
+
+@pytest.fixture
+def failing_estimator():
+    """An estimator that raises once training has moved the parameters."""
+    name = "test-raises-after-first-step"
+
+    @registry.register_estimator(name, family="test", unbiased=True)
+    def estimate(problem, n):
+        if bool(problem.params["enc_bias"].abs().sum() > 0):
+            raise RuntimeError("estimator broke")
+        return {k: torch.full((n, *v.shape), 0.1, dtype=v.dtype)
+                for k, v in problem.params.items()}
+
+    yield name
+    registry._REGISTRY.pop(name)
+
+
+def test_a_failing_trajectory_is_reported_and_the_others_kept(tmp_path, failing_estimator):
+    result = invoke("train", "--suite", "binary-latent", "-e", failing_estimator, "-e", "disarm",
+                    "--seeds", "1", "--steps", "5", "--eval-every", "5", "--out", tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"failed {failing_estimator} seed 0" in result.stderr
+    assert "RuntimeError: estimator broke" in result.stderr and "--resume" in result.stderr
+    run_dir = store.run_dirs(tmp_path)[0]
+    assert set(store.read_training(run_dir)["estimator"]) == {"disarm"}
+    assert [f["estimator"] for f in store.read_run_json(run_dir)["failed"]] == [
+        failing_estimator]
 
 
 def test_cli_defaults_are_the_planning_defaults():

@@ -264,7 +264,6 @@ def train_command(
     """Train a suite's model with each estimator's gradients: objective, evaluations and gradient
     variance along the trajectories; write parquet; print the final values."""
     from gradbench.app import planning
-    from gradbench.app.execute import RunInterrupted
     from gradbench.app.executors import make_executor
     from gradbench.app.process import configure
     from gradbench.app.train_console import train
@@ -281,22 +280,10 @@ def train_command(
         overrides=planning.parse_assignments(set_ or ()), steps=steps, seeds=seeds, seed=seed,
         eval_every=eval_every, refit_every=refit_every, learning_rate=lr, optimizer=optimizer,
         variance_draws=variance_draws, basket=basket, device=device, dtype=dtype)
-    try:
-        outcome = train(request, out, resume, pool, console, err_console, _sigterm_as_interrupt)
-    except RunInterrupted as stop:
-        err_console.print(f"interrupted: {stop.written} of {stop.total} trajectories are "
-                          f"written in {stop.run_dir}; to train only the missing ones, run:\n  "
-                          f"{_resume_command(stop.run_id)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    for failure in outcome.failed:
-        err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} seed "
-                          f"{failure['seed']} {failure['settings']}: {failure['reason']}",
-                          highlight=False, soft_wrap=True)
-    if outcome.failed:
-        err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.trajectories)} "
-                          f"trajectories failed; after a fix, `{_resume_command(outcome.run_id)}`"
-                          " trains only those", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+    code = train(request, out, resume, pool, console, err_console, _sigterm_as_interrupt,
+                 _resume_command)
+    if code:
+        raise typer.Exit(code)
 
 
 def _resume_command(run_id: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -19,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from gradbench.app import train_execute
+from gradbench.app.execute import RunInterrupted
 from gradbench.app.executors import Executor
 from gradbench.app.report.training_summaries import final_table, load_training, own_rows
 from gradbench.app.train_plan import TrainRequest, Trajectory
@@ -50,10 +52,34 @@ class _StepProgress:
 
 
 def train(request: TrainRequest, out: Path, resume: str | None, executor: Executor,
-          console: Console, err_console: Console,
-          interrupt: Callable[[], object]) -> train_execute.TrainOutcome:
-    """Run the request with a progress bar; print the run id at the start and a summary at the
-    end. `interrupt()`: a context manager turning SIGTERM into KeyboardInterrupt."""
+          console: Console, err_console: Console, interrupt: Callable[[], Any],
+          resume_command: Callable[[str], str]) -> int:
+    """Run the request with a progress bar; print the run id at the start and a summary (or
+    what failed, or how to resume) at the end; return the exit code: 0, 1 when trajectories
+    failed, 130 when interrupted. `interrupt()`: a context manager turning SIGTERM into
+    KeyboardInterrupt; `resume_command(run_id)`: the command line that resumes the run."""
+    try:
+        outcome = _run(request, out, resume, executor, console, err_console, interrupt)
+    except RunInterrupted as stop:
+        err_console.print(f"interrupted: {stop.written} of {stop.total} trajectories are "
+                          f"written in {stop.run_dir}; to train only the missing ones, run:\n  "
+                          f"{resume_command(stop.run_id)}", highlight=False, soft_wrap=True)
+        return 130
+    for failure in outcome.failed:
+        err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} seed "
+                          f"{failure['seed']} {failure['settings']}: {failure['reason']}",
+                          highlight=False, soft_wrap=True)
+    if outcome.failed:
+        err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.trajectories)} "
+                          f"trajectories failed; after a fix, `{resume_command(outcome.run_id)}`"
+                          " trains only those", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+def _run(request: TrainRequest, out: Path, resume: str | None, executor: Executor,
+         console: Console, err_console: Console,
+         interrupt: Callable[[], Any]) -> train_execute.TrainOutcome:
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("steps"), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn(), TextColumn("{task.fields[now]}"))
