@@ -24,6 +24,7 @@ import statistics
 import pytest
 import torch
 from throughput_cases import RESULTS, Case
+from train_cases import TRAIN_RESULTS
 
 THREADS = 1  # torch intra-op threads while timing (the CLI's default)
 
@@ -50,6 +51,7 @@ def _fmt(rate: float | None) -> str:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    _train_summary(terminalreporter)
     if not RESULTS:
         return
     write = terminalreporter.write_line
@@ -78,3 +80,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
               f"per-sample loop: "
               f"{'met' if loop and case.harness_rate() / loop >= 1000 else 'MISSED'}"
               + (f" ({case.harness_rate() / loop:.3g}x)" if loop else ""))
+
+
+def _train_summary(terminalreporter) -> None:
+    """bench train's overhead per step (benchmarks/test_train_overhead.py)."""
+    if not TRAIN_RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("bench train: ms per step (CPU time, medians over rounds)")
+    write(f"{'estimator':22} {'trajectory':>10} {'limit':>8} {'overhead':>9} {'share':>7}")
+    for case in TRAIN_RESULTS:
+        harness, limit, overhead = case.per_step_ms()
+        write(f"{case.estimator:22} {harness:10.3f} {limit:8.3f} {overhead:9.3f} "
+              f"{overhead / harness:7.1%}")

@@ -107,8 +107,9 @@ def list_command(plugin: PluginOption = None) -> None:
         settings = "\n".join(f"{s.name} = {', '.join(map(str, s.defaults))}"
                              for s in suite.settings.values())
         offers = "\n".join(kind.title for kind in suite.offers) or "-"
-        suites.add_row(f"{suite.name} v{suite.version}", suite.description, settings, offers,
-                       f"{suite.default_samples:,}")
+        trainable = "\n(bench train)" if suite.trainable else ""
+        suites.add_row(f"{suite.name} v{suite.version}{trainable}", suite.description, settings,
+                       offers, f"{suite.default_samples:,}")
     console.print(suites)
     for name, error in failures().items():
         err_console.print(f"[yellow]warning[/yellow] plugin {name} failed to load: {error}",
@@ -217,6 +218,72 @@ def run_command(
                           f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
                           "the failed ones", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+@app.command("train")
+def train_command(
+    suite: Annotated[str, typer.Option("--suite", "-s", help="A trainable suite (see `bench "
+                                       "list`).")],
+    estimator: Annotated[list[str] | None, typer.Option(
+        "--estimator", "-e", help="Estimator to train with (repeatable); default: the suite's "
+        "choice, else every unbiased one that applies.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per trajectory.")] = 1000,
+    seeds: Annotated[int, typer.Option(help="Trajectories per estimator (seeds --seed, "
+                                       "--seed + 1, ...).")] = 3,
+    eval_every: Annotated[int, typer.Option(help="Steps between evaluation points.")] = 100,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help="Learning rate (default: the suite's, else 1e-3).")] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help="sgd or adam (default: the suite's, else adam).")] = None,
+    variance_draws: Annotated[int, typer.Option(
+        help="Gradient estimates per variance measurement (at each evaluation point).")] = 100,
+    refit_every: Annotated[int, typer.Option(
+        help="Steps between refits of an estimator's warm-up (relax's surrogate, a control "
+        "variate); counted as training.")] = 500,
+    basket: Annotated[bool, typer.Option(
+        "--basket", help="Also measure every listed estimator's variance at each trajectory's "
+        "evaluation points.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=V1,V2 sets a suite setting (default: the first of its default grid) "
+        "or an estimator hyperparameter, as in bench run.")] = None,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float64 or float32.")] = "float64",
+    out: Annotated[Path, typer.Option(help="Results root folder.")] = Path("results"),
+    resume: Annotated[str | None, typer.Option(
+        help="Run id to complete: only its missing trajectories are trained.")] = None,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="Where trajectories run: local, processes or dask (as bench run).")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes for --executor processes or dask.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler for --executor dask.")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Train a suite's model with each estimator's gradients: objective, evaluations and gradient
+    variance along the trajectories; write parquet; print the final values."""
+    from gradbench.app import planning
+    from gradbench.app.executors import make_executor
+    from gradbench.app.process import configure
+    from gradbench.app.train_console import train
+    from gradbench.app.train_plan import TrainRequest
+
+    if threads < 1:
+        raise BenchError(f"--threads {threads}: need at least 1")
+    configure(threads)
+    plugins = _load_plugins(plugin)
+    pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
+                         plugins=plugins)
+    request = TrainRequest(
+        suite=suite, estimators=tuple(estimator or ()),
+        overrides=planning.parse_assignments(set_ or ()), steps=steps, seeds=seeds, seed=seed,
+        eval_every=eval_every, refit_every=refit_every, learning_rate=lr, optimizer=optimizer,
+        variance_draws=variance_draws, basket=basket, device=device, dtype=dtype)
+    code = train(request, out, resume, pool, console, err_console, _sigterm_as_interrupt,
+                 _resume_command)
+    if code:
+        raise typer.Exit(code)
 
 
 def _resume_command(run_id: str) -> str:

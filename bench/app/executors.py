@@ -4,7 +4,9 @@ processes (`processes`), or on a Dask cluster (`dask`: a LocalCluster, or an exi
 
 Every executor runs the same task, `compute_cell`: a pure function of the cell (its key fixes
 every seed) that returns plain Python values, never tensors, so the same command gives the same
-numbers on every executor (CPU; with the same torch thread count). The parent process receives
+numbers on every executor (CPU; with the same torch thread count). `bench train` passes its own
+task (gradbench.app.train_execute.compute_trajectory) with the same contract: any item with a
+`task_id`, a result with rows or a one-line error. The parent process receives
 the results as they finish and writes them (gradbench.app.execute), so a cell is either written
 whole or not at all, whatever happens to a worker.
 
@@ -25,7 +27,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -45,9 +47,10 @@ CONNECT_TIMEOUT_S = 5  # an unreachable --scheduler fails fast rather than after
 
 @dataclass(frozen=True)
 class CellResult:
-    """A finished task: rows (columns of plain values) or a one-line reason it failed."""
+    """A finished task: rows (columns of plain values) or a one-line reason it failed. `cell`:
+    the task's item (a Cell; a Trajectory for bench train)."""
 
-    cell: Cell
+    cell: Any
     rows: dict[str, list] | None = None
     error: str | None = None
 
@@ -76,6 +79,9 @@ def compute_cell(cell: Cell, threads: int | None = 1, plugins: tuple[str, ...] =
         return CellResult(cell, error=one_line(error))
 
 
+Task = Callable[..., CellResult]  # (item, threads, plugins) -> CellResult
+
+
 def default_workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -95,7 +101,9 @@ class Executor:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[CellResult]:
+    def run(self, cells: Sequence[Cell], task: Task = compute_cell) -> Iterator[CellResult]:
+        """`task(item, threads, plugins)` for each item (a module-level function, so that it
+        pickles for worker processes)."""
         raise NotImplementedError
 
 
@@ -108,9 +116,9 @@ class LocalExecutor(Executor):
         self.threads = threads
         self.plugins = tuple(plugins)
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[CellResult]:
+    def run(self, cells: Sequence[Cell], task: Task = compute_cell) -> Iterator[CellResult]:
         for cell in cells:
-            yield compute_cell(cell, self.threads, self.plugins)
+            yield task(cell, self.threads, self.plugins)
 
 
 def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
@@ -171,7 +179,7 @@ class ProcessExecutor(Executor):
             with contextlib.suppress(Exception):
                 process.join(timeout=5)
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[CellResult]:
+    def run(self, cells: Sequence[Cell], task: Task = compute_cell) -> Iterator[CellResult]:
         queue = deque(cells)
         attempts: dict[str, int] = {}
         while queue:
@@ -183,8 +191,7 @@ class ProcessExecutor(Executor):
                 while queue and not broken and len(in_flight) < self.workers:
                     cell = queue.popleft()
                     try:
-                        in_flight[pool.submit(compute_cell, cell, self.threads,
-                                              self.plugins)] = cell
+                        in_flight[pool.submit(task, cell, self.threads, self.plugins)] = cell
                     except BrokenProcessPool:
                         queue.appendleft(cell)
                         broken = True
@@ -197,7 +204,7 @@ class ProcessExecutor(Executor):
                         result = future.result()
                     except BrokenProcessPool:
                         broken = True
-                        tries = attempts[cell.cell_id] = attempts.get(cell.cell_id, 0) + 1
+                        tries = attempts[cell.task_id] = attempts.get(cell.task_id, 0) + 1
                         if tries < MAX_ATTEMPTS:
                             queue.append(cell)
                             continue
@@ -262,15 +269,15 @@ class DaskExecutor(Executor):
             with contextlib.suppress(Exception):
                 cluster.close()
 
-    def run(self, cells: Sequence[Cell]) -> Iterator[CellResult]:
+    def run(self, cells: Sequence[Cell], task: Task = compute_cell) -> Iterator[CellResult]:
         from distributed import as_completed
 
         if self._client is None:
             raise RuntimeError("DaskExecutor.run outside `with`: the cluster is not started")
         token = secrets.token_hex(4)
         futures = {
-            self._client.submit(compute_cell, cell, self.threads, self.plugins, pure=False,
-                                key=f"gradbench-cell-{cell.cell_id}-{token}",
+            self._client.submit(task, cell, self.threads, self.plugins, pure=False,
+                                key=f"gradbench-task-{cell.task_id}-{token}",
                                 retries=DASK_RETRIES): cell
             for cell in cells
         }

@@ -57,6 +57,11 @@ class Cell:
     def cell_id(self) -> str:
         return f"{self.cell_seed:016x}"
 
+    @property
+    def task_id(self) -> str:
+        """What executors key tasks by (bench train's trajectories have one too)."""
+        return self.cell_id
+
     def settings_dict(self) -> dict[str, Any]:
         return dict(self.settings)
 

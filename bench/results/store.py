@@ -1,6 +1,7 @@
 """Tidy parquet results: the only code that reads or writes result files and run metadata.
 
     results/<run_id>/<cell_id>.parquet   one file per finished cell, written atomically
+    results/<run_id>/<trajectory_id>.parquet   bench train: one file per finished trajectory
     results/_runs/<run_id>.json          run metadata and the request (for --resume)
 
 A run folder holds nothing but parquet, so every tool reads it as a dataset; run metadata lives
@@ -30,9 +31,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gradbench.core.schema import SCHEMA_VERSION
+from gradbench.core.schema import SCHEMA_VERSION, split_family_column
 from gradbench.core.version import __version__
-from gradbench.results.schema import arrow_schema
+from gradbench.results.schema import (
+    TABLE_KEY,
+    TRAINING_TABLE,
+    arrow_schema,
+    training_arrow_schema,
+)
 
 RUNS_DIR = "_runs"
 # Columns every gradbench results file has; a file without them is not gradbench results.
@@ -227,7 +233,13 @@ def _read_tables(path: Path) -> Iterable[pa.Table]:
     if not files:
         raise ResultsError(f"{path} holds no .parquet results; run `bench run --suite NAME` "
                            "first")
+    training = [file for file in files if is_training_file(file)]
+    if len(training) == len(files):
+        raise ResultsError(f"{path} holds only training trajectories (bench train), no cells "
+                           "of `bench run`; `bench report` draws them")
     for file in files:
+        if file in training:
+            continue
         try:
             table = pq.read_table(file)
         except (pa.ArrowInvalid, OSError) as error:
@@ -239,6 +251,68 @@ def _read_tables(path: Path) -> Iterable[pa.Table]:
                                f"(missing columns: {', '.join(missing)}); regenerate it with "
                                "`bench run`")
         yield table
+
+
+# ---------------------------------------------------------------- bench train's trajectories
+
+
+def is_training_file(path: Path) -> bool:
+    """Whether a parquet file holds a bench train trajectory (its schema says so); unreadable
+    files are not, and fail later where they are read."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError):
+        return False
+    return metadata.get(TABLE_KEY) == TRAINING_TABLE
+
+
+def trajectory_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa.Table:
+    """One trajectory's rows as an Arrow table in the training schema (absent columns null);
+    its `family[name]` columns (gradbench.core.schema.TRAINING_FAMILIES) in the order given."""
+    rows = len(columns["step"])
+    values = {**metadata_columns(meta, rows), **columns}
+    schema = training_arrow_schema([c for c in columns if split_family_column(c) is not None])
+    unknown = sorted(set(values) - set(schema.names))
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the training schema")
+    arrays = [pa.array(values[f.name], type=f.type) if f.name in values
+              else pa.nulls(rows, type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_trajectory(run_dir: Path, trajectory_id: str, columns: Mapping[str, list],
+                     meta: Mapping[str, Any]) -> Path:
+    """Write one finished trajectory's rows atomically, as write_cell does for a cell."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(trajectory_table(columns, meta), sink, compression="zstd")
+    path = run_dir / f"{trajectory_id}.parquet"
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+finished_trajectories = finished_cells  # the same rule: one file per finished task
+
+
+def training_files(*paths: Path | str) -> list[Path]:
+    """The trajectory files among results files and folders."""
+    return [file for path in paths for file in result_files(Path(path))
+            if is_training_file(file)]
+
+
+def read_training(*paths: Path | str) -> pd.DataFrame:
+    """Read bench train trajectories from parquet files and/or folders into one tidy DataFrame
+    (cells files of bench run among them are skipped)."""
+    files = training_files(*paths)
+    if not files:
+        raise ResultsError(f"{', '.join(map(str, paths))} hold no training trajectories; run "
+                           "`bench train --suite NAME` first")
+    tables = []
+    for file in files:
+        try:
+            tables.append(pq.read_table(file))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ResultsError(f"{file} is not a readable parquet file ({error})") from None
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
 def command_line() -> str:

@@ -189,6 +189,8 @@ def skipped_from_run_files(paths: Sequence[Path]) -> dict[str, dict[str, dict[st
             meta = read_run_json(run_dir)
         except ValueError:  # a lone file or a copied folder: no metadata to read
             continue
+        if meta.get("kind") == "train":  # bench train's skips are not cells' (its own section)
+            continue
         suite = str(meta.get("request", {}).get("suite", ""))
         for skip in meta.get("skipped", []) or []:
             reasons = found.setdefault(suite, {}).setdefault(str(skip.get("estimator")), {})
