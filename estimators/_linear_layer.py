@@ -75,6 +75,25 @@ class Layer:
         return (flat @ inputs).view(n, out, inputs.shape[1])
 
 
+# Elements of one block's [k, out, in] temporaries (2 MiB in float64): passes over a block stay
+# in a core's L2, where passes over a whole chunk of a big layer (64 x 2e5) ran from memory.
+BLOCK_ELEMENTS = 1 << 18
+
+
+def estimate_blocks(n: int, per_estimate: int) -> list[slice]:
+    """Consecutive blocks of the n estimates, each with at most BLOCK_ELEMENTS elements of
+    `per_estimate` (at least one estimate per block)."""
+    size = max(1, min(n, BLOCK_ELEMENTS // max(1, per_estimate)))
+    return [slice(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def concatenated(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Blocks' estimates joined along the estimates."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}
+
+
 def layer_of(problem: Problem) -> Layer:
     spec = problem.offers(GaussianLinearLayer)
     if spec is None:
@@ -104,6 +123,24 @@ def head_gradient(problem: Problem, layer: Layer, pre: Tensor
     return grads[0], per_sample
 
 
+class _Cotangent(torch.autograd.Function):
+    """A scalar node whose backward hands `cotangent` to `moment` as its gradient, i.e. the
+    backward pass of <moment, cotangent> without computing the product or multiplying the
+    cotangent by the incoming 1. Only for surrogates differentiated once, as a scalar output
+    seeded with 1 (to_params): the incoming gradient is not applied."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, moment: Tensor, cotangent: Tensor
+                ) -> Tensor:
+        ctx.cotangent = cotangent
+        return moment.new_zeros(())
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor
+                 ) -> tuple[Tensor, None]:
+        return ctx.cotangent, None
+
+
 def to_params(problem: Problem, layer: Layer, w_mean: Tensor, w_std: Tensor,
               b_mean: Tensor | None, b_std: Tensor | None,
               direct: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -111,17 +148,17 @@ def to_params(problem: Problem, layer: Layer, w_mean: Tensor, w_std: Tensor,
     in the problem's parameters: the chain rule, one vector-Jacobian product of params ->
     moments for all n rows at once (so log-sigma, softplus or any other parameterisation of the
     moments is handled). The per-sample leaves are expanded views of the parameters (stride 0:
-    nothing is cloned n times). (torch.func's vmap of a vjp would do the same, but its first
-    call imports torch._dynamo: seconds per process.) `direct`, the cost's direct term per
-    sample, is added."""
+    nothing is cloned n times), and the cotangents enter the backward pass as they are
+    (_Cotangent), so an identity map (weight_mu -> the weights' mean) costs nothing and exp
+    one multiplication. (torch.func's vmap of a vjp would do the same, but its first call
+    imports torch._dynamo, and autograd.grad with tensor grad_outputs imports sympy: seconds
+    per process.) `direct`, the cost's direct term per sample, is added."""
     n = w_mean.shape[0]
     leaves = {name: value.detach().expand(n, *value.shape).requires_grad_(True)
               for name, value in problem.params.items()}
     with torch.enable_grad():
         moments = layer.spec.moments(leaves)
-        # A scalar surrogate sum_k <moment_k, cotangent_k> rather than grad_outputs: autograd's
-        # first call with tensor grad_outputs imports sympy (seconds per process).
-        surrogate = sum((m * c).sum() for m, c in
+        surrogate = sum(_Cotangent.apply(m, c) for m, c in
                         zip(moments, (w_mean, w_std, b_mean, b_std), strict=True)
                         if m is not None and c is not None)
         grads = torch.autograd.grad(surrogate, list(leaves.values()), allow_unused=True)

@@ -14,6 +14,9 @@ from gradbench.core.estimator import register_estimator
 from gradbench.core.problem import Problem
 from gradbench.core.requirements import differentiable_cost, reparameterizable
 from gradbench.estimators._linear_layer import (
+    Layer,
+    concatenated,
+    estimate_blocks,
     head_gradient,
     layer_of,
     to_params,
@@ -58,12 +61,21 @@ def shared_weight_sample(problem: Problem, n: int) -> dict[str, Tensor]:
     state a suite laid out that way gets the autograd path's draws.
     """
     layer = layer_of(problem)
-    eps_w, eps_b = layer.noise(n)
+    eps_w, eps_b = layer.noise(n)  # all at once: the autograd path's draws
+    # Blocks of estimates whose [k, out, in] temporaries stay in cache (for a 784 x 256 layer,
+    # one estimate at a time; for a small layer, the whole chunk).
+    parts = [_shared_block(problem, layer, eps_w[rows], None if eps_b is None else eps_b[rows])
+             for rows in estimate_blocks(n, eps_w[0].numel())]
+    return concatenated(parts)
+
+
+def _shared_block(problem: Problem, layer: Layer, eps_w: Tensor, eps_b: Tensor | None
+                  ) -> dict[str, Tensor]:
+    n, out, width = eps_w.shape
     weight = eps_w * layer.w_std
     weight += layer.w_mean  # [n, out, in]
-    _, width = layer.w_mean.shape
     # All n weight matrices in one GEMM: [n out, in] x [in, B] -> [n, out, B].
-    pre = (weight.view(-1, width) @ layer.inputs.T).view(n, layer.out_features, -1)
+    pre = (weight.view(-1, width) @ layer.inputs.T).view(n, out, -1)
     del weight
     pre = pre.transpose(1, 2)
     if eps_b is not None:
@@ -71,9 +83,10 @@ def shared_weight_sample(problem: Problem, n: int) -> dict[str, Tensor]:
     d_pre, direct = head_gradient(problem, layer, pre)
     g_w = layer.weight_gradient(d_pre)
     g_b = d_pre.sum(1) if eps_b is not None else None
-    # eps is not needed after this: its buffer takes d/dS_w = g_w * eps in place.
-    g_w_std = eps_w.mul_(g_w)
-    g_b_std = eps_b.mul_(g_b) if eps_b is not None else None
+    # d/dS_w = g_w * eps (eps's block is not needed after this; a copy, not in place, since
+    # the block is a view of the chunk's draws).
+    g_w_std = eps_w * g_w
+    g_b_std = eps_b * g_b if eps_b is not None else None
     return to_params(problem, layer, g_w, g_w_std, g_b, g_b_std, direct)
 
 
