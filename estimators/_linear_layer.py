@@ -158,10 +158,12 @@ def to_params(problem: Problem, layer: Layer, w_mean: Tensor, w_std: Tensor,
               for name, value in problem.params.items()}
     with torch.enable_grad():
         moments = layer.spec.moments(leaves)
-        surrogate = sum(_Cotangent.apply(m, c) for m, c in
-                        zip(moments, (w_mean, w_std, b_mean, b_std), strict=True)
-                        if m is not None and c is not None)
-        grads = torch.autograd.grad(surrogate, list(leaves.values()), allow_unused=True)
+        nodes = [_Cotangent.apply(m, c) for m, c in
+                 zip(moments, (w_mean, w_std, b_mean, b_std), strict=True)
+                 if m is not None and c is not None and m.requires_grad]
+        # No moment depends on a parameter (fixed scales, say): the sampling part is 0.
+        grads = (torch.autograd.grad(sum(nodes), list(leaves.values()), allow_unused=True)
+                 if nodes else [None] * len(leaves))
     out = {name: torch.zeros_like(leaf) if grad is None else grad
            for (name, leaf), grad in zip(leaves.items(), grads, strict=True)}
     if direct is not None:
