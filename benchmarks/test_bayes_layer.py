@@ -28,8 +28,8 @@ from gradbench.suites import get_suite
 
 SETTINGS = (("data", "synthetic"), ("batch", 128), ("log_sigma", -3.0), ("noise", 1.0),
             ("in_features", 784), ("out_features", 256))
-SAMPLES = 1024  # 16 chunks of 64 estimates per round: per-cell fixed costs (building the
-# problem, the first chunk's shifts, 401,920 coordinates' summaries: ~2-3 s) weigh ~10%
+SAMPLES = 2048  # 32 chunks of 64 estimates per round: the per-cell fixed costs (building the
+# problem, the first chunk's shifts, 401,920 coordinates' summaries: 1-3 s) weigh ~5-10%
 STEPS = 64  # training steps per round
 ROUNDS = 3
 
