@@ -23,7 +23,7 @@ import statistics
 
 import pytest
 import torch
-from throughput_cases import RESULTS, Case
+from throughput_cases import LAYER_RESULTS, RESULTS, Case
 from train_cases import TRAIN_RESULTS
 
 THREADS = 1  # torch intra-op threads while timing (the CLI's default)
@@ -52,6 +52,7 @@ def _fmt(rate: float | None) -> str:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     _train_summary(terminalreporter)
+    _layer_summary(terminalreporter)
     if not RESULTS:
         return
     write = terminalreporter.write_line
@@ -93,3 +94,23 @@ def _train_summary(terminalreporter) -> None:
         harness, limit, overhead = case.per_step_ms()
         write(f"{case.estimator:22} {harness:10.3f} {limit:8.3f} {overhead:9.3f} "
               f"{overhead / harness:7.1%}")
+
+
+def _layer_summary(terminalreporter) -> None:
+    """test_bayes_layer.py: harness time per estimate / one training step, per round."""
+    if not LAYER_RESULTS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("gradbench scale (per-sample gradients with statistics vs one "
+                             "training step)")
+    for case in LAYER_RESULTS:
+        ratios = case.ratios()
+        if not ratios:
+            write(f"{case.name}: no complete round")
+            continue
+        median = statistics.median(ratios)
+        write(f"{case.name}: {case.samples} estimates per round; per estimate "
+              f"{1e3 * statistics.median(case.harness_s):.2f} ms, training step "
+              f"{1e3 * statistics.median(case.step_s):.2f} ms (medians, CPU time)")
+        write(f"  ratio per round: {', '.join(f'{r:.2f}' for r in ratios)}; median "
+              f"{median:.2f}: goal <= 2x {'met' if median <= 2 else 'MISSED'}")

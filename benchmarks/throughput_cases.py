@@ -32,3 +32,20 @@ class Case:
 
 
 RESULTS: list[Case] = []
+
+
+@dataclass
+class LayerCase:
+    """The scale benchmark: per-estimate time of the harness (estimates + statistics) against
+    one ordinary training step of the same layer, round by round."""
+
+    name: str
+    samples: int
+    harness_s: list[float] = field(default_factory=list)  # per estimate
+    step_s: list[float] = field(default_factory=list)  # per training step
+
+    def ratios(self) -> list[float]:
+        return [h / s for h, s in zip(self.harness_s, self.step_s, strict=True)]
+
+
+LAYER_RESULTS: list[LayerCase] = []

@@ -29,16 +29,34 @@ from gradbench.core.autograd import check_estimates, detached, native_to_params
 from gradbench.core.capabilities import SeparableCost
 from gradbench.core.estimator import Hyperparam, register_estimator
 from gradbench.core.problem import Problem
-from gradbench.core.requirements import gaussian
+from gradbench.core.requirements import Requirement, gaussian
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 # Largest perturbed batch [n, coordinates, dim] built at once for a non-separable cost.
 _MAX_ELEMENTS = 2**24
+# A non-separable cost is re-evaluated in full 4 times per coordinate of q: past this many
+# coordinates (16,384 evaluations of f per estimate) a cell would take hours, not seconds.
+MAX_COORDINATES = 4096
 
 
 def _num_coordinates(problem: Problem) -> int:
     q = problem.q()
     return q.batch_shape.numel() * q.event_shape.numel()
+
+
+def _coordinatewise_feasible(problem: Problem) -> str | None:
+    if problem.offers(SeparableCost) is not None:
+        return None
+    coordinates = _num_coordinates(problem)
+    if coordinates <= MAX_COORDINATES:
+        return None
+    return (f"f is not separable, so each estimate re-evaluates it in full 4 times per "
+            f"coordinate: {4 * coordinates:,} evaluations for {coordinates:,} coordinates "
+            f"(refused above {MAX_COORDINATES:,} coordinates)")
+
+
+coordinatewise_feasible = Requirement(f"separable cost or at most {MAX_COORDINATES} coordinates",
+                                      _coordinatewise_feasible)
 
 
 def _evals(problem: Problem, coupled: bool = True, **_: object) -> float:
@@ -108,7 +126,7 @@ def _replaced_costs(
     "measure-valued",
     family="measure-valued",
     unbiased=True,
-    requires=(gaussian,),
+    requires=(gaussian, coordinatewise_feasible),
     hyperparams=(
         Hyperparam("coupled", bool, True, "share randomness between the positive and negative "
                    "parts (W for the mean; eps = M U for the scale)"),

@@ -65,7 +65,11 @@ class CostGradient(Capability):
 @dataclass(frozen=True)
 class GaussianLinearLayer(Capability):
     """q is a mean-field Gaussian over the weights (and bias) of one linear map, and the cost
-    depends on them only through the pre-activations A = X W^T + b of a minibatch X.
+    depends on them only through the pre-activations A = X W^T + b of a minibatch X, as a sum
+    over the minibatch rows of per-row terms, f = sum_n f_n(A_n) (plus any direct term of the
+    parameters). The sum is what local reparameterization and Flipout need: they change the
+    joint distribution of the rows' pre-activations (independent rows; sign-decorrelated rows)
+    and keep only each row's marginal, so a cost that couples rows would be estimated biased.
 
     inputs: X [B, in].
     moments(params) -> (w_mean [.., out, in], w_std [.., out, in], b_mean [.., out] | None,
