@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from gradbench.app.errors import USER_ERRORS, BenchError
@@ -19,19 +29,48 @@ from gradbench.core.version import __version__
 console = Console() if Console().is_terminal else Console(width=160)
 err_console = Console(stderr=True)
 class _Group(typer.core.TyperGroup):
-    """Turns BenchError into one line on stderr and exit code 2, never a traceback."""
+    """Every error is one line on stderr, never a traceback or a box: BenchError and the other
+    USER_ERRORS, and click's own usage errors (exit code 2); Ctrl-C exits 130 with a short note.
+    """
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:
-            err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False,
-                              soft_wrap=True)
+            _error_line(str(error))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: finished cells are kept; rerun the same command "
-                              "with --resume RUN_ID to compute only the missing ones")
+            # `run` explains how to resume where that applies; anywhere else there is nothing
+            # to resume.
+            err_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None,  # type: ignore[override]
+             standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as error:
+            click.echo(error.ctx.get_help() if error.ctx else str(error))
+            code = 2
+        except click.UsageError as error:
+            where = f"; see `{error.ctx.command_path} --help`" if error.ctx else ""
+            _error_line(f"{' '.join(error.format_message().split())}{where}")
+            code = 2
+        except click.ClickException as error:
+            _error_line(" ".join(error.format_message().split()))
+            code = error.exit_code
+        except click.exceptions.Abort:
+            err_console.print("interrupted", highlight=False)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _error_line(text: str) -> None:
+    err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False,
+                      soft_wrap=True)
 
 
 app = typer.Typer(
@@ -123,11 +162,13 @@ def run_command(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=V1,V2,... replaces a setting's default values (repeatable; the run "
-        "covers the cross product). Estimator hyperparameters too: K=2,4 or "
-        "score-function-loo.K=2,4.")] = None,
-    samples: Annotated[int | None, typer.Option(
-        help="Independent gradient estimates per cell (default: the suite's).")] = None,
-    seed: Annotated[int, typer.Option(help="Base seed; every cell derives its own from it.")] = 0,
+        "covers the cross product). Estimator hyperparameters too: draws=2,4 or "
+        "score-function-loo.draws=2,4.")] = None,
+    samples: Annotated[str | None, typer.Option(
+        help="Independent gradient estimates per cell (default: the suite's); 4000 or 1e6.")
+    ] = None,
+    seed: Annotated[str, typer.Option(
+        help="Base seed (a 64-bit integer); every cell derives its own from it.")] = "0",
     device: Annotated[list[str] | None, typer.Option(
         help="cpu or cuda (repeatable to run both).")] = None,
     dtype: Annotated[str, typer.Option(help="float64 or float32.")] = "float64",
@@ -135,8 +176,8 @@ def run_command(
     resume: Annotated[str | None, typer.Option(
         help="Run id to complete: only its missing cells are computed.")] = None,
     threads: Annotated[int, typer.Option(
-        help="torch intra-op threads (recorded with the results). 1 is fastest for cache-sized "
-        "chunks and keeps timings stable on a shared machine.")] = 1,
+        help="torch intra-op threads (recorded with the results), at most the CPU count. 1 is "
+        "fastest for cache-sized chunks and keeps timings stable on a shared machine.")] = 1,
     executor: Annotated[str, typer.Option(
         help="Where cells run: local (this process), processes (a pool of worker processes) or "
         "dask (a local Dask cluster, or the one at --scheduler; needs the dask extra: pip install "
@@ -149,15 +190,11 @@ def run_command(
     plugin: PluginOption = None,
 ) -> None:
     """Run a suite: every applicable estimator over its grid; write parquet; print a table."""
-    from gradbench.app import execute as runner
     from gradbench.app import planning
     from gradbench.app.executors import make_executor
     from gradbench.app.process import configure
-    from gradbench.app.table import summary_table
-    from gradbench.results import store
 
-    if threads < 1:
-        raise BenchError(f"--threads {threads}: need at least 1")
+    _check_threads(threads)
     configure(threads)
     plugins = _load_plugins(plugin)
     pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
@@ -166,19 +203,46 @@ def run_command(
         suite=suite,
         estimators=tuple(estimator or ()),
         overrides=planning.parse_assignments(set_ or ()),
-        samples=samples,
-        seed=seed,
+        samples=None if samples is None else _whole("--samples", samples),
+        seed=_whole("--seed", seed),
         devices=tuple(device or ("cpu",)),
         dtype=dtype,
     )
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[cell]}"))
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(f"{suite}", total=None, cell="planning")
+    with _signals_as_interrupt() as received:
+        try:
+            outcome = _execute(request, out, resume, pool)
+        except KeyboardInterrupt as stop:
+            _interrupted(stop, received.signum)
+    _report_run(outcome, suite)
 
-        def on_cell(cell: planning.Cell, done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total,
-                            cell=f"{cell.estimator} {dict(cell.settings)}")
+
+def _check_threads(threads: int) -> None:
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise BenchError(f"--threads {threads}: give 1 to {cores} (this machine's CPU count)")
+
+
+def _whole(option: str, text: str) -> int:
+    """An integer option written as 4000, 1e6 or 9223372036854775807 (the settings' parser)."""
+    from gradbench.core.params import parse_value
+
+    try:
+        return parse_value(option, int, text)
+    except ValueError as error:
+        raise BenchError(str(error)) from None
+
+
+def _execute(request, out: Path, resume: str | None, pool):
+    """Plan, estimate the time, then run with a progress bar (cells, elapsed, ETA)."""
+    from gradbench.app import execute as runner
+    from gradbench.app import planning, preflight
+    from gradbench.results import store
+
+    the_plan = planning.plan(request)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), _EtaColumn(), TextColumn("{task.fields[cell]}"))
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task(request.suite, total=None, cell="planning", eta=None)
 
         def on_start(run_id: str, run_dir: Path, todo: int, total: int) -> None:
             # First, so that even a killed run (no chance to say more) has told its run id.
@@ -186,37 +250,96 @@ def run_command(
             err_console.print(f"run {run_id}: {todo} of {total} cells to compute{reused} "
                               f"({pool.name} executor) -> {run_dir}", highlight=False,
                               soft_wrap=True)
+            finished = store.finished_cells(run_dir)
+            cells = [c for c in the_plan.cells if c.cell_id not in finished]
+            estimate = preflight.estimate(the_plan, cells, getattr(pool, "workers", 1))
+            if estimate is not None:
+                err_console.print(estimate.text(getattr(pool, "workers", 1)), highlight=False)
+            progress.update(task, eta=preflight.Eta(the_plan, cells, estimate), cell="")
+
+        def on_cell(cell: planning.Cell, done: int, total: int) -> None:
+            eta = progress.tasks[0].fields.get("eta")
+            if eta is not None:
+                eta.finished(cell)
+            progress.update(task, completed=done, total=total,
+                            cell=f"{cell.estimator} {dict(cell.settings)}")
 
         try:
-            with _sigterm_as_interrupt():
-                outcome = runner.execute(request, out, command=store.command_line(),
-                                         run_id=resume, on_cell=on_cell, executor=pool,
-                                         on_start=on_start)
-        except runner.RunInterrupted as stop:
-            err_console.print(f"interrupted: {stop.written} of {stop.total} cells are written in "
-                              f"{stop.run_dir}; to compute only the missing ones, run:\n  "
-                              f"{_resume_command(stop.run_id)}", highlight=False,
-                              soft_wrap=True)
-            raise typer.Exit(130) from None
-    note = f" ({outcome.reused} cells reused)" if outcome.reused else ""
-    if store.finished_cells(outcome.run_dir):
+            return runner.execute(request, out, command=store.command_line(), run_id=resume,
+                                  on_cell=on_cell, executor=pool, on_start=on_start,
+                                  planned=the_plan)
+        except runner.RunStopped as stop:
+            raise BenchError(f"{stop}; {stop.written} of {stop.total} cells are written; "
+                             f"then resume: {_resume_command(stop.run_id)}") from None
+
+
+class _EtaColumn(ProgressColumn):
+    """Time left, from preflight.Eta (work-weighted), or '-' while unknown."""
+
+    def render(self, task):  # type: ignore[override]
+        from rich.text import Text
+
+        from gradbench.app.preflight import duration
+
+        eta = task.fields.get("eta")
+        seconds = eta.remaining_s() if eta is not None else None
+        return Text(f"ETA {duration(seconds)}" if seconds is not None else "ETA -",
+                    style="progress.remaining")
+
+
+def _interrupted(stop: KeyboardInterrupt, signum: int) -> None:
+    """Ctrl-C or SIGTERM: say how to resume where there is a run to resume; exit 128 + signal."""
+    from gradbench.app.execute import RunInterrupted
+
+    if isinstance(stop, RunInterrupted):
+        err_console.print(f"interrupted: {stop.written} of {stop.total} cells are written in "
+                          f"{stop.run_dir}; to compute only the missing ones, run:\n  "
+                          f"{_resume_command(stop.run_id)}", highlight=False, soft_wrap=True)
+    else:
+        err_console.print("interrupted before any cell was written: nothing to resume",
+                          highlight=False)
+    raise typer.Exit(128 + signum)
+
+
+def _report_run(outcome, suite: str) -> None:
+    """The table, the notes under it, what was written, and the failures (exit 1 if any)."""
+    from gradbench.app.table import constants_line, summary_table
+    from gradbench.results import store
+
+    for cell_id, reason in outcome.set_aside.items():
+        err_console.print(f"[yellow]recomputed[/yellow] cell {cell_id}: its file {reason}; set "
+                          f"aside in {store.run_files_dir(outcome.run_dir) / 'corrupt'}",
+                          highlight=False, soft_wrap=True)
+    note = f" ({outcome.reused} reused)" if outcome.reused else ""
+    if outcome.written:
         frame = store.read_results(outcome.run_dir)
+        constants = constants_line(frame)
+        if constants:
+            console.print(constants, highlight=False)
         console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
         _print_skipped(outcome.plan.skipped)
         _print_nonfinite(frame)
-        console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
-                      f"{outcome.run_dir}")
+        console.print(f"wrote {len(frame)} rows, {outcome.written} cells{note}: "
+                      f"{outcome.run_dir} (every statistic: bench show {outcome.run_dir})",
+                      highlight=False, soft_wrap=True)
     if outcome.failed:
-        for failure in outcome.failed:
-            err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} "
-                              f"{failure['settings']} {failure['hyperparams'] or ''} on "
-                              f"{failure['device']}: {failure['reason']}", highlight=False,
-                              soft_wrap=True)
-        err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.cells)} cells failed "
-                          f"(listed in {store.run_json_path(outcome.run_dir)}); the others are "
-                          f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
-                          "the failed ones", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+        _report_failures(outcome)
+
+
+def _report_failures(outcome) -> None:
+    from gradbench.results import store
+
+    for failure in outcome.failed:
+        where = f" (details: {failure['details']})" if failure.get("details") else ""
+        err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} "
+                          f"{failure['settings']} {failure['hyperparams'] or ''} on "
+                          f"{failure['device']}: {escape(failure['reason'])}{where}",
+                          highlight=False, soft_wrap=True)
+    err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.cells)} cells failed "
+                      f"(listed in {store.run_json_path(outcome.run_dir)}); the others are "
+                      f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
+                      "the failed ones", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
 
 
 def _resume_command(run_id: str) -> str:
@@ -229,19 +352,24 @@ def _resume_command(run_id: str) -> str:
     return shlex.join(["bench", *args])
 
 
-class _sigterm_as_interrupt:
-    """`kill PID` (SIGTERM) ends a run like Ctrl-C: finished cells kept, resume command shown."""
+class _signals_as_interrupt:
+    """`kill PID` (SIGTERM) ends a run like Ctrl-C: finished cells kept, resume command shown;
+    `signum` says which signal it was (the exit code is 128 + signum: 130 or 143)."""
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> _signals_as_interrupt:
         import signal
 
+        self.signum = signal.SIGINT
+
         def interrupt(signum: int, frame: object) -> None:
+            self.signum = signum
             raise KeyboardInterrupt
 
         try:
             self._old = signal.signal(signal.SIGTERM, interrupt)
         except ValueError:  # not the main thread (e.g. called from a thread): leave it alone
             self._old = None
+        return self
 
     def __exit__(self, *exc: object) -> None:
         import signal
@@ -279,6 +407,13 @@ def _print_nonfinite(frame) -> None:
         for name, count in bad.items():
             console.print(f"[yellow]warning[/yellow] {name}: {count} non-finite estimates "
                           "(NaN/Inf) were excluded from the statistics")
+    if "overflow" in frame:
+        over = frame[frame["overflow"].fillna("") != ""]
+        for name, part in over.groupby("estimator"):
+            names = sorted({n for text in part["overflow"] for n in text.split(",")})
+            console.print(f"[yellow]warning[/yellow] {name}: {', '.join(names)} overflowed "
+                          f"float64 in {len(part)} rows (estimates too large to square); those "
+                          "statistics are NaN or Inf", highlight=False)
 
 
 @app.command("show")
@@ -286,18 +421,52 @@ def show_command(
     results: Annotated[Path, typer.Argument(help="A results .parquet file or a results folder.")],
     format: Annotated[ShowFormat, typer.Option("--format", "-f")] = ShowFormat.table,
 ) -> None:
-    """Show results: a summary table, or every tidy row as CSV or JSON."""
-    from gradbench.app.table import summary_table
+    """Show results: every statistic ± SE per cell and parameter, or every tidy row as CSV or
+    JSON lines (full precision; seeds as strings)."""
+    from gradbench.app.table import constants_line, full_table
     from gradbench.results import store
 
     frame = store.read_results(results)
     if format is ShowFormat.table:
         for suite, part in frame.groupby("suite", sort=True):
-            console.print(summary_table(part, title=str(suite)))
+            constants = constants_line(part)
+            if constants:
+                console.print(constants, highlight=False)
+            console.print(full_table(part, title=str(suite)))
     elif format is ShowFormat.csv:
         frame.to_csv(sys.stdout, index=False)
     else:
-        sys.stdout.write(frame.to_json(orient="records", lines=True))
+        for line in json_lines(frame):
+            sys.stdout.write(line + "\n")
+
+
+# 64-bit seeds exceed the 2^53 that JSON readers (JavaScript, jq) hold exactly.
+STRING_COLUMNS = ("seed", "cell_seed")
+
+
+def json_lines(frame) -> list[str]:
+    """One JSON object per row, floats in full (shortest round-trip) precision, NaN as null,
+    infinities as the strings "inf"/"-inf", seeds as decimal strings."""
+    import json
+    import math
+
+    import pandas as pd
+
+    lines = []
+    for record in frame.to_dict(orient="records"):
+        row = {}
+        for key, value in record.items():
+            if value is pd.NA:
+                value = None
+            elif hasattr(value, "item"):  # a numpy scalar
+                value = value.item()
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            elif key in STRING_COLUMNS and value is not None:
+                value = str(value)
+            row[key] = value
+        lines.append(json.dumps(row, default=str, allow_nan=False))
+    return lines
 
 
 @app.command("check")
