@@ -8,7 +8,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -23,6 +22,11 @@ from rich.progress import (
 from rich.table import Table
 
 from gradbench.app.errors import USER_ERRORS, BenchError
+
+try:  # typer >= 0.20 carries its own copy of click's exceptions
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
 from gradbench.core.version import __version__
 
 # Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
@@ -49,17 +53,17 @@ class _Group(typer.core.TyperGroup):
              standalone_mode=True, **extra):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as error:
-            click.echo(error.ctx.get_help() if error.ctx else str(error))
+        except click_errors.NoArgsIsHelpError as error:
+            console.print(error.ctx.get_help() if error.ctx else str(error), highlight=False)
             code = 2
-        except click.UsageError as error:
+        except click_errors.UsageError as error:
             where = f"; see `{error.ctx.command_path} --help`" if error.ctx else ""
-            _error_line(f"{' '.join(error.format_message().split())}{where}")
+            _error_line(f"{' '.join(error.format_message().split()).rstrip('.')}{where}")
             code = 2
-        except click.ClickException as error:
+        except click_errors.ClickException as error:
             _error_line(" ".join(error.format_message().split()))
             code = error.exit_code
-        except click.exceptions.Abort:
+        except typer.Abort:
             err_console.print("interrupted", highlight=False)
             code = 130
         code = code if isinstance(code, int) else 0

@@ -59,6 +59,12 @@ def sigint_blocked() -> Iterator[None]:
     if not hasattr(signal, "pthread_sigmask"):  # not POSIX: nothing to inherit
         yield
         return
+    # multiprocessing's resource tracker unblocks SIGINT in the thread that first starts it
+    # (which would undo the block in a cluster's event-loop thread): start it now.
+    with contextlib.suppress(Exception):
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
