@@ -120,11 +120,18 @@ def _bias(cell: CellRows) -> str:
 
 
 def _max_bias_z(rows: pd.DataFrame) -> float | None:
-    z = decisions.bias_z(rows["bias"].to_numpy(np.float64), rows["bias_se"].to_numpy(np.float64),
-                         rows["truth"].to_numpy(np.float64), rows["mean"].to_numpy(np.float64),
-                         rows["dtype"].to_numpy())
+    z = bias_z(rows)
     z = z[~np.isnan(z)]
     return float(np.max(np.abs(z))) if len(z) else None
+
+
+def bias_z(frame: pd.DataFrame) -> np.ndarray:
+    """decisions.bias_z of every row (NaN where untested)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflowed rows are reported apart
+        return decisions.bias_z(frame["bias"].to_numpy(np.float64),
+                                frame["bias_se"].to_numpy(np.float64),
+                                frame["truth"].to_numpy(np.float64),
+                                frame["mean"].to_numpy(np.float64), frame["dtype"].to_numpy())
 
 
 def _variance_of(param: str) -> Callable[[CellRows], str]:
@@ -224,9 +231,7 @@ def full_table(frame: pd.DataFrame, title: str = "") -> Table:
 def biased_cells(frame: pd.DataFrame) -> np.ndarray:
     """Per row: whether its cell is measurably biased (decisions.bias_threshold over the cell's
     tested coordinates; cells keyed by cell_id)."""
-    z = decisions.bias_z(frame["bias"].to_numpy(np.float64), frame["bias_se"].to_numpy(np.float64),
-                         frame["truth"].to_numpy(np.float64), frame["mean"].to_numpy(np.float64),
-                         frame["dtype"].to_numpy())
+    z = bias_z(frame)
     work = pd.DataFrame({"cell": frame["cell_id"].to_numpy(), "z": z, "tested": ~np.isnan(z)})
     grouped = work.groupby("cell", sort=False)
     worst = grouped["z"].transform("max").to_numpy()
