@@ -326,8 +326,11 @@ def test_the_run_table_fits_100_columns_one_line_per_cell(results_dir):
 
     from gradbench.app.table import constants_line, summary_table
 
+    # The widest values: dim 1000, k 10, sigma 0.1, the longest estimator name.
     run_dir = run(results_dir, "-s", "gaussian-quadratic", "--set", "mu=12", "--set",
-                  "dim=1,1000", "--set", "k=0,10", "--set", "sigma=0.1,10", "--samples", "40")
+                  "dim=1,1000", "--set", "k=0,10", "--set", "sigma=0.1,10", "--samples", "40",
+                  "-e", "score-function-loo", "-e", "pathwise", "-e", "naive", "-e",
+                  "measure-valued")
     frame = store.read_results(run_dir)
     console = Console(width=100, record=True, file=io.StringIO())
     console.print(summary_table(frame))

@@ -9,29 +9,27 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
+from gradbench.app.cli_output import (
+    console,
+    err_console,
+    error_line,
+    execute_with_progress,
+    interrupted,
+    json_lines,
+    report_run,
+    signals_as_interrupt,
+)
 from gradbench.app.errors import USER_ERRORS, BenchError
+from gradbench.core.version import __version__
 
 try:  # typer >= 0.20 carries its own copy of click's exceptions
     from typer._click import exceptions as click_errors
 except ImportError:  # older typer runs on click itself
     from click import exceptions as click_errors  # type: ignore[no-redef]
-from gradbench.core.version import __version__
 
-# Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
-console = Console() if Console().is_terminal else Console(width=160)
-err_console = Console(stderr=True)
+
 class _Group(typer.core.TyperGroup):
     """Every error is one line on stderr, never a traceback or a box: BenchError and the other
     USER_ERRORS, and click's own usage errors (exit code 2); Ctrl-C exits 130 with a short note.
@@ -41,7 +39,7 @@ class _Group(typer.core.TyperGroup):
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:
-            _error_line(str(error))
+            error_line(str(error))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             # `run` explains how to resume where that applies; anywhere else there is nothing
@@ -58,10 +56,10 @@ class _Group(typer.core.TyperGroup):
             code = 2
         except click_errors.UsageError as error:
             where = f"; see `{error.ctx.command_path} --help`" if error.ctx else ""
-            _error_line(f"{' '.join(error.format_message().split()).rstrip('.')}{where}")
+            error_line(f"{' '.join(error.format_message().split()).rstrip('.')}{where}")
             code = 2
         except click_errors.ClickException as error:
-            _error_line(" ".join(error.format_message().split()))
+            error_line(" ".join(error.format_message().split()))
             code = error.exit_code
         except typer.Abort:
             err_console.print("interrupted", highlight=False)
@@ -70,11 +68,6 @@ class _Group(typer.core.TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
-
-
-def _error_line(text: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(text)}", highlight=False,
-                      soft_wrap=True)
 
 
 app = typer.Typer(
@@ -212,12 +205,12 @@ def run_command(
         devices=tuple(device or ("cpu",)),
         dtype=dtype,
     )
-    with _signals_as_interrupt() as received:
+    with signals_as_interrupt() as received:
         try:
-            outcome = _execute(request, out, resume, pool)
+            outcome = execute_with_progress(request, out, resume, pool)
         except KeyboardInterrupt as stop:
-            _interrupted(stop, received.signum)
-    _report_run(outcome, suite)
+            interrupted(stop, received.signum)
+    report_run(outcome, suite)
 
 
 def _check_threads(threads: int) -> None:
@@ -234,190 +227,6 @@ def _whole(option: str, text: str) -> int:
         return parse_value(option, int, text)
     except ValueError as error:
         raise BenchError(str(error)) from None
-
-
-def _execute(request, out: Path, resume: str | None, pool):
-    """Plan, estimate the time, then run with a progress bar (cells, elapsed, ETA)."""
-    from gradbench.app import execute as runner
-    from gradbench.app import planning, preflight
-    from gradbench.results import store
-
-    the_plan = planning.plan(request)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), _EtaColumn(), TextColumn("{task.fields[cell]}"))
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(request.suite, total=None, cell="planning", eta=None)
-
-        def on_start(run_id: str, run_dir: Path, todo: int, total: int) -> None:
-            # First, so that even a killed run (no chance to say more) has told its run id.
-            reused = f", {total - todo} already done" if todo < total else ""
-            err_console.print(f"run {run_id}: {todo} of {total} cells to compute{reused} "
-                              f"({pool.name} executor) -> {run_dir}", highlight=False,
-                              soft_wrap=True)
-            finished = store.finished_cells(run_dir)
-            cells = [c for c in the_plan.cells if c.cell_id not in finished]
-            estimate = preflight.estimate(the_plan, cells, getattr(pool, "workers", 1))
-            if estimate is not None:
-                err_console.print(estimate.text(getattr(pool, "workers", 1)), highlight=False)
-            progress.update(task, eta=preflight.Eta(the_plan, cells, estimate), cell="")
-
-        def on_cell(cell: planning.Cell, done: int, total: int) -> None:
-            eta = progress.tasks[0].fields.get("eta")
-            if eta is not None:
-                eta.finished(cell)
-            progress.update(task, completed=done, total=total,
-                            cell=f"{cell.estimator} {dict(cell.settings)}")
-
-        try:
-            return runner.execute(request, out, command=store.command_line(), run_id=resume,
-                                  on_cell=on_cell, executor=pool, on_start=on_start,
-                                  planned=the_plan)
-        except runner.RunStopped as stop:
-            raise BenchError(f"{stop}; {stop.written} of {stop.total} cells are written; "
-                             f"then resume: {_resume_command(stop.run_id)}") from None
-
-
-class _EtaColumn(ProgressColumn):
-    """Time left, from preflight.Eta (work-weighted), or '-' while unknown."""
-
-    def render(self, task):  # type: ignore[override]
-        from rich.text import Text
-
-        from gradbench.app.preflight import duration
-
-        eta = task.fields.get("eta")
-        seconds = eta.remaining_s() if eta is not None else None
-        return Text(f"ETA {duration(seconds)}" if seconds is not None else "ETA -",
-                    style="progress.remaining")
-
-
-def _interrupted(stop: KeyboardInterrupt, signum: int) -> None:
-    """Ctrl-C or SIGTERM: say how to resume where there is a run to resume; exit 128 + signal."""
-    from gradbench.app.execute import RunInterrupted
-
-    if isinstance(stop, RunInterrupted):
-        err_console.print(f"interrupted: {stop.written} of {stop.total} cells are written in "
-                          f"{stop.run_dir}; to compute only the missing ones, run:\n  "
-                          f"{_resume_command(stop.run_id)}", highlight=False, soft_wrap=True)
-    else:
-        err_console.print("interrupted before any cell was written: nothing to resume",
-                          highlight=False)
-    raise typer.Exit(128 + signum)
-
-
-def _report_run(outcome, suite: str) -> None:
-    """The table, the notes under it, what was written, and the failures (exit 1 if any)."""
-    from gradbench.app.table import constants_line, summary_table
-    from gradbench.results import store
-
-    for cell_id, reason in outcome.set_aside.items():
-        err_console.print(f"[yellow]recomputed[/yellow] cell {cell_id}: its file {reason}; set "
-                          f"aside in {store.run_files_dir(outcome.run_dir) / 'corrupt'}",
-                          highlight=False, soft_wrap=True)
-    note = f" ({outcome.reused} reused)" if outcome.reused else ""
-    if outcome.written:
-        frame = store.read_results(outcome.run_dir)
-        constants = constants_line(frame)
-        if constants:
-            console.print(constants, highlight=False)
-        console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
-        _print_skipped(outcome.plan.skipped)
-        _print_nonfinite(frame)
-        console.print(f"wrote {len(frame)} rows, {outcome.written} cells{note}: "
-                      f"{outcome.run_dir} (every statistic: bench show {outcome.run_dir})",
-                      highlight=False, soft_wrap=True)
-    if outcome.failed:
-        _report_failures(outcome)
-
-
-def _report_failures(outcome) -> None:
-    from gradbench.results import store
-
-    for failure in outcome.failed:
-        where = f" (details: {failure['details']})" if failure.get("details") else ""
-        err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} "
-                          f"{failure['settings']} {failure['hyperparams'] or ''} on "
-                          f"{failure['device']}: {escape(failure['reason'])}{where}",
-                          highlight=False, soft_wrap=True)
-    err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.cells)} cells failed "
-                      f"(listed in {store.run_json_path(outcome.run_dir)}); the others are "
-                      f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
-                      "the failed ones", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _resume_command(run_id: str) -> str:
-    """The command line that was run, with --resume RUN_ID (once)."""
-    import shlex
-
-    args = sys.argv[1:]
-    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
-        args = [*args, "--resume", run_id]
-    return shlex.join(["bench", *args])
-
-
-class _signals_as_interrupt:
-    """`kill PID` (SIGTERM) ends a run like Ctrl-C: finished cells kept, resume command shown;
-    `signum` says which signal it was (the exit code is 128 + signum: 130 or 143)."""
-
-    def __enter__(self) -> _signals_as_interrupt:
-        import signal
-
-        self.signum = signal.SIGINT
-
-        def interrupt(signum: int, frame: object) -> None:
-            self.signum = signum
-            raise KeyboardInterrupt
-
-        try:
-            self._old = signal.signal(signal.SIGTERM, interrupt)
-        except ValueError:  # not the main thread (e.g. called from a thread): leave it alone
-            self._old = None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-
-
-def _value(value: object) -> str:
-    if isinstance(value, float):
-        return "" if value != value else f"{value:g}"
-    return str(value)
-
-
-def _print_skipped(skipped) -> None:
-    """One line per reason: the estimators it excludes, and on how many settings each."""
-    by_reason: dict[str, dict[str, int]] = {}
-    for skip in skipped:
-        counts = by_reason.setdefault(skip.reason, {})
-        counts[skip.estimator] = counts.get(skip.estimator, 0) + 1
-    for reason, counts in sorted(by_reason.items()):
-        if len(set(counts.values())) == 1:  # the usual case: excluded on the same settings
-            count = next(iter(counts.values()))
-            each = " each" if len(counts) > 1 else ""
-            names = f"{', '.join(sorted(counts))} ({count} setting{'s' * (count > 1)}{each})"
-        else:
-            names = ", ".join(f"{name} ({n} settings)" for name, n in sorted(counts.items()))
-        console.print(f"[yellow]skipped[/yellow] {names}: not applicable: {reason}",
-                      highlight=False)
-
-
-def _print_nonfinite(frame) -> None:
-    if "nonfinite" in frame and frame["nonfinite"].sum() > 0:
-        bad = frame[frame["nonfinite"] > 0].groupby("estimator")["nonfinite"].sum()
-        for name, count in bad.items():
-            console.print(f"[yellow]warning[/yellow] {name}: {count} non-finite estimates "
-                          "(NaN/Inf) were excluded from the statistics")
-    if "overflow" in frame:
-        over = frame[frame["overflow"].fillna("") != ""]
-        for name, part in over.groupby("estimator"):
-            names = sorted({n for text in part["overflow"] for n in text.split(",")})
-            console.print(f"[yellow]warning[/yellow] {name}: {', '.join(names)} overflowed "
-                          f"float64 in {len(part)} rows (estimates too large to square); those "
-                          "statistics are NaN or Inf", highlight=False)
 
 
 @app.command("show")
@@ -442,35 +251,6 @@ def show_command(
     else:
         for line in json_lines(frame):
             sys.stdout.write(line + "\n")
-
-
-# 64-bit seeds exceed the 2^53 that JSON readers (JavaScript, jq) hold exactly.
-STRING_COLUMNS = ("seed", "cell_seed")
-
-
-def json_lines(frame) -> list[str]:
-    """One JSON object per row, floats in full (shortest round-trip) precision, NaN as null,
-    infinities as the strings "inf"/"-inf", seeds as decimal strings."""
-    import json
-    import math
-
-    import pandas as pd
-
-    lines = []
-    for record in frame.to_dict(orient="records"):
-        row = {}
-        for key, value in record.items():
-            if value is pd.NA:
-                value = None
-            elif hasattr(value, "item"):  # a numpy scalar
-                value = value.item()
-            if isinstance(value, float) and not math.isfinite(value):
-                value = None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-            elif key in STRING_COLUMNS and value is not None:
-                value = str(value)
-            row[key] = value
-        lines.append(json.dumps(row, default=str, allow_nan=False))
-    return lines
 
 
 @app.command("check")
