@@ -8,6 +8,7 @@ On gaussian-quadratic, the cell with dim = 3 misbehaves and the others are healt
   with SIGSEGV; the healthy cells wait for that, so they are in flight when their worker or
   pool goes down, and then finish normally.
 - test-exit: the dim-3 cell calls sys.exit(3).
+- test-os-exit: the dim-3 cell ends its process with os._exit(7).
 - test-nan: every other estimate is NaN when FAULT_NAN=1 (else truth + N(0, 1) noise).
 - test-slow: healthy, but each chunk sleeps FAULT_SLEEP seconds (default 0.5): time to
   interrupt a run between cells.
@@ -88,4 +89,12 @@ def nan(problem, n):
 def slow(problem, n):
     """zeros, after sleeping FAULT_SLEEP seconds per chunk"""
     time.sleep(float(os.environ.get("FAULT_SLEEP", "0.5")))
+    return _zeros(problem, n)
+
+
+@register_estimator("test-os-exit", family="test", unbiased=False, requires=ENABLED, evals=1)
+def os_exit(problem, n):
+    """dim 3 ends its process with os._exit(7) (no exception, no cleanup)"""
+    if _dim(problem) == 3:
+        os._exit(7)
     return _zeros(problem, n)

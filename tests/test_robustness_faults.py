@@ -90,6 +90,26 @@ def test_a_segfault_on_dask_fails_only_its_own_cell(tmp_path):
     assert "Traceback" not in done.stderr and "distributed" not in done.stderr
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch
+def test_a_cell_run_alone_reports_how_its_process_ended(tmp_path, monkeypatch):
+    from gradbench.app.planning import Cell
+    from gradbench.app.tasks import run_alone
+
+    monkeypatch.setenv("FAULT_DIR", str(tmp_path))
+    settings = (("mu", 1.0), ("sigma", 1.0), ("k", 0.0))
+    dying = Cell("gaussian-quadratic", (*settings, ("dim", 3)), "test-os-exit", (), "cpu",
+                 "float64", 100, 0)
+    result = run_alone(dying, 1, (PLUGIN,))
+    assert result.rows is None
+    assert result.error == ("crashed its process, alone: it exited with status 7 without a "
+                            "result (os._exit or a fatal error in native code)")
+    assert dying.cell_id in result.details
+    healthy = Cell("gaussian-quadratic", (*settings, ("dim", 1)), "test-os-exit", (), "cpu",
+                   "float64", 100, 0)
+    result = run_alone(healthy, 1, (PLUGIN,))
+    assert result.error is None and result.rows["n"] == [100, 100]
+
+
 def _register(monkeypatch, name: str, fn) -> None:
     monkeypatch.setitem(registry._REGISTRY, name, registry.Estimator(
         name=name, fn=fn, family="test", unbiased=False, requires=(), hyperparams={},
