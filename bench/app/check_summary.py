@@ -10,6 +10,7 @@ import pandas as pd
 
 from gradbench.app.check import (
     BIAS,
+    NONFINITE_ROSE,
     NOT_FINITE,
     VALUE_CHANGED,
     VARIANCE,
@@ -49,7 +50,7 @@ def per_estimator(result: CheckResult) -> pd.DataFrame:
         "median_ratio": grouped["ratio"].median(),
         "variance_regressions": grouped["verdict"].apply(
             lambda v: int(v.isin([VARIANCE, VARIANCE_AND_BIAS, VARIANCE_APPEARED,
-                                  VALUE_CHANGED, NOT_FINITE]).sum())),
+                                  VALUE_CHANGED, NOT_FINITE, NONFINITE_ROSE]).sum())),
         "bias_regressions": grouped["verdict"].apply(
             lambda v: int(v.isin([BIAS, VARIANCE_AND_BIAS]).sum())),
     })

@@ -143,6 +143,22 @@ def _split(merged: Moments, problem: Problem) -> dict[str, Moments]:
     return out
 
 
+# Statistics that are finite whenever there are 2+ finite estimates (and, for the bias family, a
+# finite truth): NaN or Inf there means float64 overflowed inside the statistics.
+_ALWAYS_FINITE = ("mean", "mean_se", "variance", "variance_se", "std")
+_FINITE_WITH_TRUTH = ("bias", "bias_se", "mse", "mse_se")
+
+
+def overflowed(summary: Mapping[str, np.ndarray], truth: np.ndarray | None) -> list[str]:
+    """Per coordinate: the statistics that overflowed float64 although the estimates used were
+    finite (e.g. a variance of estimates near 1e300), comma-separated; "" where none did."""
+    enough = summary["n"] >= 2
+    known = np.isfinite(truth) if truth is not None else np.zeros_like(enough)
+    bad = [(k, ~np.isfinite(summary[k]) & enough) for k in _ALWAYS_FINITE]
+    bad += [(k, ~np.isfinite(summary[k]) & enough & known) for k in _FINITE_WITH_TRUTH]
+    return [",".join(k for k, flags in bad if flags[i]) for i in range(len(enough))]
+
+
 def _coordinate_columns(problem: Problem, moments: Mapping[str, Moments],
                         device: torch.device) -> dict[str, list]:
     columns: dict[str, list] = {}
@@ -153,6 +169,8 @@ def _coordinate_columns(problem: Problem, moments: Mapping[str, Moments],
         if problem.truth_se is not None:
             truth_se = problem.truth_se[name].detach().reshape(-1).to(device, torch.float64)
         summary = moments[name].summarize(truth, truth_se)
+        summary["overflow"] = overflowed(summary, truth.cpu().numpy() if truth is not None
+                                          else None)
         coords = value.numel()
         nan = np.full(coords, np.nan)
         block = {

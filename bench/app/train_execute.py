@@ -4,6 +4,7 @@ loses only the trajectories in flight and `--resume RUN_ID` computes just the re
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import Any
 
 from gradbench.app.errors import BenchError
 from gradbench.app.execute import RunInterrupted, _now
-from gradbench.app.executors import CellResult, Executor, LocalExecutor, one_line
+from gradbench.app.executors import Executor, LocalExecutor
 from gradbench.app.process import configure
+from gradbench.app.tasks import CellResult, one_line
 from gradbench.app.train_plan import TrainPlan, TrainRequest, Trajectory, plan_training
 from gradbench.app.train_run import run_trajectory
 from gradbench.core.plugins import load_plugins
@@ -42,8 +44,10 @@ def compute_trajectory(traj: Trajectory, threads: int | None = 1,
     try:
         load_plugins(plugins)
         return CellResult(traj, rows=run_trajectory(traj))
-    except Exception as error:  # this trajectory fails; the others go on
-        return CellResult(traj, error=one_line(error))
+    except KeyboardInterrupt:  # Ctrl-C keeps its meaning: stop the run, keep what is written
+        raise
+    except BaseException as error:  # SystemExit too: this trajectory fails, the others go on
+        return CellResult(traj, error=one_line(error), details=traceback.format_exc())
 
 
 def execute_training(request: TrainRequest, out: Path | str, *, command: str = "",

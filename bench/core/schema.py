@@ -53,7 +53,7 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("seed", "the run's base seed (64-bit integer)")),
     *_columns("metric", int,
               ("n", "finite estimates used"),
-              ("nonfinite", "NaN/Inf estimates excluded, plus statistics that overflowed")),
+              ("nonfinite", "NaN/Inf estimates excluded from the statistics")),
     *_columns("metric", float,
               ("mean", "mean of the estimates"),
               ("mean_se", "standard error of the mean"),
@@ -73,6 +73,10 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("seconds_per_estimate", "estimator wall time per estimate (statistics excluded)"),
               ("seconds_per_estimate_se", "its standard error over chunks"),
               ("estimates_per_second", "1 / seconds_per_estimate")),
+    *_columns("metric", str,
+              ("overflow", "statistics of this row that overflowed float64 although its "
+                           "estimates were finite (comma-separated, e.g. variance,std); empty "
+                           "if none")),
     *_columns("metadata", str,
               ("estimator_family", "the estimator's family"),
               ("device_name", "CPU model or GPU name"),
