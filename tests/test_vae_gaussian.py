@@ -304,3 +304,12 @@ def test_the_bound_lies_between_the_elbo_and_the_likelihood() -> None:
     assert elbo - Z_LIMIT * bound.se < bound.value
     assert bound.value < metrics["heldout_log_likelihood"].value + Z_LIMIT * bound.se
     assert bound.value - elbo > 10 * bound.se  # 64 draws tighten this bound measurably
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encoder", [0.0, 0.5, 1.0])
+def test_every_unbiased_estimator_is_unbiased_on_the_default_grid(encoder: float) -> None:
+    prob = problem(latents=8, batch=16, encoder=encoder)
+    for name in unbiased_names(prob):
+        n = 5000 if name == "score-function-loo" else 20_000
+        assert z_scores(run(name, prob, n), prob.exact_gradient) < Z_LIMIT, name
