@@ -4,8 +4,8 @@ Trainer (gradbench.core.training), and the suite's reference run that makes its 
 Trainer: every tensor of the model (encoder, decoder, prior logits) is a parameter of the
 Problem; q depends on the encoder's, the cost directly on all of them (log q on the encoder's,
 log p(x|z) on the decoder's, log p(z) on the prior's), so an estimator's gradient covers the
-decoder and prior through the direct term. Trajectories start from `checkpoint(point)`: the
-initialisation for point 0.
+decoder and prior through the direct term. Trajectories start from the suite's `point` (the
+checkpoint after that many reference-run steps; the initialisation for "init").
 
 evaluate(): the held-out importance-weighted bound (64 draws, with its Monte Carlo SE) for any
 K; for K <= 16 the exact held-out log-likelihood and negative ELBO (enumeration, 297 rows); for
@@ -16,7 +16,6 @@ lower limit there.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -144,20 +143,25 @@ class _ReferenceRun:
         self.snapshots[to] = {k: v.clone() for k, v in self.params.items()}
 
 
-@functools.lru_cache(maxsize=8)
-def _run(latents: int, nonlinear: bool) -> _ReferenceRun:
-    return _ReferenceRun(latents, nonlinear)
+# (latents, nonlinear) -> the reference run, advanced as far as any checkpoint asked so far.
+_RUNS: dict[tuple[int, bool], _ReferenceRun] = {}
 
 
-def checkpoint(latents: int, nonlinear: bool, point: int) -> dict[str, Tensor]:
-    """The model's tensors (float64, CPU) after `point` steps of the reference run (copies)."""
-    run = _run(latents, nonlinear)
-    if point not in run.snapshots:
-        if point < run.step:  # behind the run's state: replay from the start
-            run = _ReferenceRun(latents, nonlinear)
-            _run.cache_clear()
-        run.advance(point)
-    return {k: v.clone() for k, v in run.snapshots[point].items()}
+def checkpoint(latents: int, nonlinear: bool, steps: int) -> dict[str, Tensor]:
+    """The model's tensors (float64, CPU) after `steps` steps of the reference run (copies).
+    Runs are advanced on demand and their snapshots kept, so a grid's checkpoints cost one run
+    to the largest of them."""
+    key = (latents, nonlinear)
+    run = _RUNS.get(key)
+    if run is None:
+        run = _RUNS[key] = _ReferenceRun(latents, nonlinear)
+    if steps not in run.snapshots:
+        if steps < run.step:  # behind the run's state: replay from the start, keep snapshots
+            replay = _ReferenceRun(latents, nonlinear)
+            replay.snapshots.update(run.snapshots)
+            run = _RUNS[key] = replay
+        run.advance(steps)
+    return {k: v.clone() for k, v in run.snapshots[steps].items()}
 
 
 def initial_tensors(latents: int, nonlinear: bool) -> dict[str, Tensor]:
@@ -172,11 +176,11 @@ def initial_tensors(latents: int, nonlinear: bool) -> dict[str, Tensor]:
 @dataclass
 class BinaryVAETrainer:
     """Trains encoder, decoder and prior logits of the binary VAE on the training rows, from
-    the reference run's checkpoint `point` (0: the initialisation)."""
+    the reference run's checkpoint after `steps` steps (0: the initialisation)."""
 
     latents: int
     batch: int
-    point: int
+    steps: int
     nonlinear: bool
     device: torch.device
     dtype: torch.dtype
@@ -189,7 +193,7 @@ class BinaryVAETrainer:
         self.train_rows = self._train.shape[0]
 
     def initial(self) -> dict[str, Tensor]:
-        t = checkpoint(self.latents, self.nonlinear, self.point)
+        t = checkpoint(self.latents, self.nonlinear, self.steps)
         return {k: v.to(self.device, self.dtype) for k, v in t.items()}
 
     def problem(self, params: Mapping[str, Tensor], rows: Tensor) -> Problem:

@@ -5,8 +5,9 @@ Model and formulas: suites/_binary_vae.py. Data: scikit-learn's digits binarised
 minibatch mean of the negative ELBO with the Monte Carlo KL (log q(z|x) inside f: a direct term
 of the encoder's parameters, which every estimator adds), at the decoder and prior of `point`.
 
-`point` is the number of steps of the suite's reference training run (0: the initialisation):
-the suite's own Trainer's initial parameters, trained (encoder, decoder and prior together) by
+`point` is "init" (the initialisation) or a number of steps of the suite's reference training
+run, as text ("1000"; a str setting, like bayes-logistic's "init" / "optimum" `point`): the
+suite's own Trainer's initial parameters, trained (encoder, decoder and prior together) by
 plain Adam (lr 3e-3, minibatches of 32 training rows drawn with a generator seeded by the
 suite's settings) on the local-expectation gradient (`_binary_vae.logit_gradients` for the
 encoder, the ordinary gradient at the same draws for decoder and prior): an unbiased estimator
@@ -53,6 +54,20 @@ REFERENCE_BUDGET = 1 << 25
 REFERENCE_MIN, REFERENCE_MAX = 256, 1 << 14
 
 
+def point_steps(point: str) -> int:
+    """Reference-run steps of a `point` setting: "init" is 0, "1000" is 1,000."""
+    return 0 if point == "init" else int(point)
+
+
+def _point(value: str) -> str | None:
+    if value == "init":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_POINT:
+        return (f"must be init or a number of reference-run steps from 1 to {MAX_POINT} "
+                "(written without sign, decimals or exponent)")
+    return None if str(int(value)) == value else f"write it as {int(value)}"
+
+
 def _batch(value: int) -> str | None:
     return at_least(1)(value) or (None if value <= 1500 else "must be at most 1500 (the "
                                   "training rows)")
@@ -65,15 +80,16 @@ def reference_samples(latents: int, batch: int) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def truth(latents: int, batch: int, point: int, nonlinear: bool, method: str = "auto"
+def truth(latents: int, batch: int, steps: int, nonlinear: bool, method: str = "auto"
           ) -> tuple[str, dict[str, Tensor], dict[str, Tensor] | None]:
-    """(truth_method, gradient, standard error or None) w.r.t. the encoder, float64 on the CPU.
+    """(truth_method, gradient, standard error or None) w.r.t. the encoder at the checkpoint
+    after `steps` reference-run steps, float64 on the CPU.
 
     method "auto": enumeration for K <= 16, else the reference; "enumeration" or "reference"
     forces one (tests compare them). Cached: the runner builds the same problem once per cell.
     """
     x = minibatch(binarised(), batch)
-    t = checkpoint(latents, nonlinear, point)
+    t = checkpoint(latents, nonlinear, steps)
     names = model.encoder_names(nonlinear)
     if method == "auto":
         method = "enumeration" if latents <= model.MAX_ENUMERATED else "reference"
@@ -82,15 +98,15 @@ def truth(latents: int, batch: int, point: int, nonlinear: bool, method: str = "
     if method == "reference":
         samples = reference_samples(latents, batch)
         gen = torch.Generator().manual_seed(derive_seed(
-            "vae-bernoulli reference", latents, batch, point, nonlinear, samples))
+            "vae-bernoulli reference", latents, batch, steps, nonlinear, samples))
         mean, se = model.reference_gradient(x, t, names, samples, gen)
         return "reference", mean, se
     raise ValueError(f"method must be 'auto', 'enumeration' or 'reference', not {method!r}")
 
 
-def _trainer(latents: int, batch: int, point: int, nonlinear: bool, *, device: torch.device,
+def _trainer(latents: int, batch: int, point: str, nonlinear: bool, *, device: torch.device,
              dtype: torch.dtype) -> BinaryVAETrainer:
-    return BinaryVAETrainer(latents, batch, point, nonlinear, device, dtype)
+    return BinaryVAETrainer(latents, batch, point_steps(point), nonlinear, device, dtype)
 
 
 # Default grid (4 cells): 8 latents (enumerated truth, 256 states per data point) and 32 (the
@@ -108,21 +124,22 @@ def _trainer(latents: int, batch: int, point: int, nonlinear: bool, *, device: t
                 "local-expectation reference beyond)", between(1, MAX_LATENTS)),
         Setting("batch", int, (8,), "minibatch size (the first rows of the training split)",
                 _batch),
-        Setting("point", int, (0, 1000), "steps of the suite's reference training run (0: the "
-                "initialisation)", between(0, MAX_POINT)),
+        Setting("point", str, ("init", "1000"), "init, or the number of steps of the suite's "
+                "reference training run the parameters come from", _point),
         Setting("nonlinear", bool, (False,), f"encoder and decoder with one tanh hidden layer "
                 f"of {model.HIDDEN} units (false: linear maps)"),
     ),
     samples=1_000,
     trainer=_trainer,
 )
-def vae_bernoulli(latents: int, batch: int, point: int, nonlinear: bool, *,
+def vae_bernoulli(latents: int, batch: int, point: str, nonlinear: bool, *,
                   device: torch.device, dtype: torch.dtype) -> Problem:
     """Binary-latent VAE on binarised digits; d/d encoder of the minibatch negative ELBO."""
     x = minibatch(binarised(), batch)
-    t = checkpoint(latents, nonlinear, point)
+    steps = point_steps(point)
+    t = checkpoint(latents, nonlinear, steps)
     names = model.encoder_names(nonlinear)
-    method, grad, se = truth(latents, batch, point, nonlinear)
+    method, grad, se = truth(latents, batch, steps, nonlinear)
 
     def move(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         return {k: v.to(device=device, dtype=dtype) for k, v in tensors.items()}

@@ -169,7 +169,9 @@ def vae_gaussian(latents: int, batch: int, encoder: float, *, device: torch.devi
 class LinearGaussianTrainer:
     """Trains encoder (A, b, log_s) and decoder (W, c, log_sigma) of the linear-Gaussian VAE on
     the training rows. Initialisation: the encoder at the path's start (q = prior), W with
-    N(0, 0.1^2) entries from a generator seeded by the latent count, c = 0, sigma = 1."""
+    N(0, 0.1^2) entries from a generator seeded by the latent count, c = 0, sigma = 1. The
+    suite's `encoder` setting places the encoder relative to the PPCA decoder, which training
+    does not start from, so the Trainer does not use it."""
 
     latents: int
     batch: int

@@ -25,7 +25,7 @@ from gradbench.suites import _vae_bernoulli_training as training
 F64 = torch.float64
 CPU = torch.device("cpu")
 Z_LIMIT = 5.0
-SMALL = {"latents": 4, "batch": 3, "point": 30, "nonlinear": False}
+SMALL = {"latents": 4, "batch": 3, "point": "30", "nonlinear": False}
 DISCRETE = ("score-function", "score-function-loo", "score-function-cv", "arm", "disarm",
             "rebar", "relax", "straight-through", "gumbel-softmax", "straight-through-gumbel",
             "gumbel-rao", "exact")
@@ -86,12 +86,13 @@ def direct_gradient(x: np.ndarray, t: dict[str, np.ndarray]) -> dict[str, np.nda
     return {"enc_w": grad_w, "enc_b": grad_b}
 
 
-@pytest.mark.parametrize("point", [0, 30])
-def test_enumeration_truth_agrees_with_a_direct_computation_for_4_latents(point: int) -> None:
+@pytest.mark.parametrize(("point", "steps"), [("init", 0), ("30", 30)])
+def test_enumeration_truth_agrees_with_a_direct_computation_for_4_latents(point: str,
+                                                                          steps: int) -> None:
     prob = problem(point=point)
     assert prob.truth_method == "enumeration"
     x = prob.data["x"]
-    t = training.checkpoint(4, False, point)
+    t = training.checkpoint(4, False, steps)
     direct = direct_gradient(x.numpy(), {k: v.numpy() for k, v in t.items()})
     for name, value in prob.exact_gradient.items():
         np.testing.assert_allclose(value.numpy(), direct[name], rtol=1e-10, atol=1e-13)
@@ -126,7 +127,7 @@ def small_reference_budget(monkeypatch):
 
 
 def test_reference_truth_beyond_16_latents(small_reference_budget) -> None:
-    prob = problem(latents=17, batch=2, point=0)
+    prob = problem(latents=17, batch=2, point="init")
     assert vae_bernoulli.reference_samples(17, 2) == 481
     assert prob.truth_method == "reference"
     assert prob.truth_se is not None
@@ -195,8 +196,8 @@ def test_biased_estimators_show_their_bias(name: str) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", UNBIASED)
 @pytest.mark.parametrize("settings", [
-    {"latents": 8, "batch": 8, "point": 1000, "nonlinear": False},
-    {"latents": 6, "batch": 4, "point": 200, "nonlinear": True},
+    {"latents": 8, "batch": 8, "point": "1000", "nonlinear": False},
+    {"latents": 6, "batch": 4, "point": "200", "nonlinear": True},
 ], ids=["linear-8", "nonlinear-6"])
 def test_every_unbiased_estimator_is_unbiased_on_bigger_problems(name: str, settings) -> None:
     prob = problem(**settings)
@@ -205,6 +206,19 @@ def test_every_unbiased_estimator_is_unbiased_on_bigger_problems(name: str, sett
 
 
 # ---------------------------------------------------------------- checkpoints and trainer
+
+
+def test_point_settings() -> None:
+    suite = get_suite("vae-bernoulli")
+    assert vae_bernoulli.point_steps("init") == 0
+    assert vae_bernoulli.point_steps("1000") == 1000
+    for bad, fragment in (("0", "must be init"), ("-5", "must be init"), ("1e3", "must be init"),
+                          ("0100", "write it as 100"), ("99999", "from 1 to 20000")):
+        assert fragment in suite.validate({**SMALL, "point": bad})
+    trainer = suite.trainer({**SMALL})
+    assert trainer.steps == 30
+    for name, value in trainer.initial().items():
+        assert torch.equal(value, training.checkpoint(4, False, 30)[name])
 
 
 def test_checkpoints_are_reproducible_in_any_order() -> None:
@@ -248,7 +262,7 @@ def test_estimators_are_unbiased_for_every_trainable_parameter(name: str) -> Non
 
 
 def test_exact_gradient_steps_lower_the_exact_objective() -> None:
-    trainer = get_suite("vae-bernoulli").trainer({**SMALL, "point": 0})
+    trainer = get_suite("vae-bernoulli").trainer({**SMALL, "point": "init"})
     params = trainer.initial()
     gen = torch.Generator().manual_seed(0)
     start = trainer.evaluate(params, gen)["train_negative_elbo"].value
@@ -272,7 +286,7 @@ def test_evaluation_metrics_by_latent_count() -> None:
     assert not metrics["train_negative_elbo"].higher_is_better
     again = small.evaluate(small.initial(), torch.Generator().manual_seed(0))
     assert again == metrics
-    wide = get_suite("vae-bernoulli").trainer({**SMALL, "latents": 17, "point": 0})
+    wide = get_suite("vae-bernoulli").trainer({**SMALL, "latents": 17, "point": "init"})
     assert set(wide.evaluate(wide.initial(), torch.Generator().manual_seed(0))) == {
         "heldout_iw_bound"}
 
@@ -281,7 +295,7 @@ def test_evaluation_metrics_by_latent_count() -> None:
 def test_exact_estimator_at_16_latents_matches_the_suites_truth() -> None:
     """The generic block enumeration (2^16 states x 4 data points through the cost) against the
     suite's own enumeration (the decoder once per state)."""
-    prob = problem(latents=16, batch=4, point=1000)
+    prob = problem(latents=16, batch=4, point="1000")
     out = get_estimator("exact").fn(prob, 2)
     for name, value in prob.exact_gradient.items():
         torch.testing.assert_close(out[name][0], value, rtol=1e-9, atol=1e-12)

@@ -29,11 +29,11 @@ def test_run_vae_gaussian(results_dir):
 
 def test_run_vae_bernoulli(results_dir):
     result = invoke("run", "--suite", "vae-bernoulli", "--set", "latents=3", "--set",
-                    "point=0,10", "--set", "batch=2", "-e", "disarm", "-e", "exact",
+                    "point=init,10", "--set", "batch=2", "-e", "disarm", "-e", "exact",
                     "--samples", "200", "--out", results_dir)
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(store.run_dirs(results_dir)[0])
-    assert set(frame["point"]) == {0, 10}
+    assert set(frame["point"]) == {"init", "10"}
     assert set(frame["truth_method"]) == {"enumeration"}
     exact = frame[frame["estimator"] == "exact"]
     assert (exact["bias"].abs() <= 1e-12 * exact["truth"].abs().clip(lower=1)).all()
