@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -187,6 +188,11 @@ class BinaryVAETrainer:
     objective: str = "negative ELBO (nats per image, minibatch mean)"
     train_rows: int = 1500
     _train: Tensor = field(init=False, repr=False)
+    # bench train's defaults for this suite: the issue's three (a leave-one-out baseline, the
+    # ARM family's best, a learned control variate), and the reference run's Adam step size.
+    estimators: ClassVar[tuple[str, ...]] = ("disarm", "score-function-loo", "relax")
+    learning_rate: ClassVar[float] = REFERENCE_LR
+    optimizer: ClassVar[str] = "adam"
 
     def __post_init__(self) -> None:
         self._train = training_rows(binarised()).to(self.device, self.dtype)
@@ -204,20 +210,23 @@ class BinaryVAETrainer:
 
     def evaluate(self, params: Mapping[str, Tensor], generator: torch.Generator
                  ) -> dict[str, Evaluation]:
+        """The primary metric first (bench train's target): the exact training objective where
+        it is cheap (K <= EXACT_TRAIN_MAX), else the exact held-out negative ELBO (K <= 16),
+        else the held-out IWAE bound; then the others of those that apply."""
         t = {k: v.detach().to("cpu", torch.float64) for k, v in params.items()}
         heldout = heldout_rows(binarised())
-        out = {"heldout_iw_bound": _bounds.importance_weighted(
-            _log_weights(heldout, t, generator))}
-        if self.latents <= model.MAX_ENUMERATED:
-            out["heldout_log_likelihood"] = Evaluation(
-                float(model.exact_log_likelihood(heldout, t)), 0.0, higher_is_better=True)
-            with torch.no_grad():
-                value = float(model.exact_negative_elbo(heldout, t))
-            out["heldout_negative_elbo"] = Evaluation(value, 0.0, higher_is_better=False)
-        if self.latents <= EXACT_TRAIN_MAX:
-            with torch.no_grad():
+        out: dict[str, Evaluation] = {}
+        with torch.no_grad():
+            if self.latents <= EXACT_TRAIN_MAX:
                 value = float(model.exact_negative_elbo(training_rows(binarised()), t))
-            out["train_negative_elbo"] = Evaluation(value, 0.0, higher_is_better=False)
+                out["train_negative_elbo"] = Evaluation(value, 0.0, higher_is_better=False)
+            if self.latents <= model.MAX_ENUMERATED:
+                value = float(model.exact_negative_elbo(heldout, t))
+                out["heldout_negative_elbo"] = Evaluation(value, 0.0, higher_is_better=False)
+                out["heldout_log_likelihood"] = Evaluation(
+                    float(model.exact_log_likelihood(heldout, t)), 0.0, higher_is_better=True)
+            out["heldout_iw_bound"] = _bounds.importance_weighted(
+                _log_weights(heldout, t, generator))
         return out
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -181,6 +182,11 @@ class LinearGaussianTrainer:
     train_rows: int = 1500
     _train: Tensor = field(init=False, repr=False)
     _heldout: Tensor = field(init=False, repr=False)
+    # bench train's defaults for this suite: the ELBO estimator axis, and Adam at 1e-2, which
+    # brings 1,000 steps to within ~0.5 nats of the optimum (1e-3 stays ~13 nats away).
+    estimators: ClassVar[tuple[str, ...]] = ("pathwise", "pathwise-analytic-kl", "pathwise-stl")
+    learning_rate: ClassVar[float] = 1e-2
+    optimizer: ClassVar[str] = "adam"
 
     def __post_init__(self) -> None:
         self._train = training_rows(scaled()).to(self.device, self.dtype)
@@ -204,8 +210,9 @@ class LinearGaussianTrainer:
 
     def evaluate(self, params: Mapping[str, Tensor], generator: torch.Generator
                  ) -> dict[str, Evaluation]:
-        """Exact training objective and its gap to the PPCA optimum (closed forms), the exact
-        held-out log-likelihood, and the held-out importance-weighted bound (with its SE)."""
+        """Exact training objective (first: bench train's primary metric) and its gap to the
+        PPCA optimum (closed forms), the exact held-out log-likelihood, and the held-out
+        importance-weighted bound (with its SE)."""
         t = {k: v.detach().to("cpu", torch.float64) for k, v in params.items()}
         train = self._train.to("cpu", torch.float64)
         heldout = self._heldout.to("cpu", torch.float64)

@@ -2,9 +2,12 @@
 and bad settings are one-line errors."""
 
 import pandas as pd
+import torch
 from helpers import assert_one_line_error, invoke
 
+from gradbench.estimators import get_estimator
 from gradbench.results import store
+from gradbench.suites import get_suite
 
 
 def test_list_shows_the_suites_and_the_elbo_variants():
@@ -49,3 +52,38 @@ def test_bad_settings_are_one_line_errors(results_dir):
         result = invoke("run", "--suite", suite, "--set", setting, "--samples", "10",
                         "--out", results_dir)
         assert_one_line_error(result, fragment)
+
+
+def test_bench_train_runs_both_suites(results_dir):
+    """A short `bench train` per suite (vae-gaussian with the suite's default estimators and
+    learning rate); the first evaluation metric (bench train's target) is the exact training
+    objective."""
+    for suite, args, estimators in (
+            ("vae-gaussian", ["--set", "batch=4"],
+             {"pathwise", "pathwise-analytic-kl", "pathwise-stl"}),
+            # Explicit -e: bench train resolves --set ESTIMATOR.KEY only against -e names.
+            ("vae-bernoulli", ["--set", "latents=3", "--set", "batch=4", "-e", "disarm",
+                               "-e", "score-function-loo", "-e", "relax",
+                               "--set", "relax.warmup_steps=2"],
+             {"disarm", "score-function-loo", "relax"})):
+        result = invoke("train", "--suite", suite, *args, "--steps", "20", "--seeds", "1",
+                        "--eval-every", "10", "--variance-draws", "5", "--out", results_dir)
+        assert result.exit_code == 0, result.output
+        assert "target: train_negative_elbo" in result.output.replace("\n", " ")
+        frame = store.read_training(results_dir)
+        frame = frame[frame["suite"] == suite]
+        assert set(frame["estimator"]) == estimators
+        assert frame["eval[train_negative_elbo]"].notna().all()
+
+
+def test_the_trainers_default_estimators_apply():
+    for suite, settings in (("vae-gaussian", {"latents": 2, "batch": 4, "encoder": 0.0}),
+                            ("vae-bernoulli", {"latents": 3, "batch": 4, "point": "init",
+                                               "nonlinear": False})):
+        trainer = get_suite(suite).trainer(settings)
+        problem = trainer.problem(trainer.initial(), torch.arange(4))
+        assert len(trainer.estimators) == 3
+        for name in trainer.estimators:
+            assert get_estimator(name).unbiased
+            assert get_estimator(name).applicability(problem) is None
+        assert trainer.optimizer == "adam" and trainer.learning_rate > 0
