@@ -12,10 +12,11 @@ plain Adam (lr 3e-3, minibatches of 32 training rows drawn with a generator seed
 suite's settings) on the local-expectation gradient (`_binary_vae.logit_gradients` for the
 encoder, the ordinary gradient at the same draws for decoder and prior): an unbiased estimator
 that none of the compared estimators is, fixed once and for all. The checkpoints are computed,
-not shipped: a step takes about a millisecond, so 1,000 steps cost about a second once per
-process (cached in memory by `checkpoint`), and nothing binary or machine-specific enters the
-repository. They are deterministic on a given machine and build; another BLAS may move them by
-rounding, which moves the truth with them (the truth is always computed at the checkpoint).
+not shipped: a step takes 2-3 ms of CPU, so the default grid's 1,000 steps cost ~3 s once per
+process and (latents, nonlinear) (cached in memory by `checkpoint`), and nothing binary or
+machine-specific enters the repository. They are deterministic on a given machine and build;
+another BLAS may move them by rounding, which moves the truth with them (the truth is always
+computed at the checkpoint).
 
 Truth: per data point enumeration of the 2^K latent states where K <= 16 (`enumeration`),
 otherwise the local-expectation reference with its standard error (`reference`, REFERENCE_BUDGET
@@ -113,7 +114,7 @@ def _trainer(latents: int, batch: int, point: str, nonlinear: bool, *, device: t
 # local-expectation reference), a minibatch of 8, the initialisation and the checkpoint after
 # 1,000 reference-run steps; the linear model (`--set nonlinear=true` adds the hidden layers,
 # `--set latents=16` enumerates 65,536 states per data point). Budget: RELAX's warm-up (200
-# steps of 64 draws, differentiated twice; ~7 s of CPU per cell here) is most of the default
+# steps of 64 draws, differentiated twice; 5-7 s of CPU per cell here) is most of the default
 # run's time and grows with the batch, hence 4 cells and a batch of 8 for a run of about a
 # minute.
 @register_suite(
