@@ -248,3 +248,17 @@ def test_report_draws_the_training_figures(tmp_path):
     page = (tmp_path / "both" / "index.html").read_text()
     assert "Suite bernoulli-toy" in page and "Training: binary-latent" in page
     assert set(figures) <= {p.name for p in (tmp_path / "both").glob("*.png")}
+
+
+def test_hyperparameters_apply_to_the_suites_default_estimators(tmp_path):
+    """Without -e the estimators are the trainer's choice; a hyperparameter set for one of them
+    (or for all that have it) must apply, and a key none has is still refused."""
+    result = invoke("train", "--suite", "binary-latent", "--set", "relax.warmup_steps=5",
+                    "--set", "draws=3", "--steps", "4", "--seeds", "1", "--eval-every", "2",
+                    "--variance-draws", "4", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    frame = store.read_training(tmp_path)
+    assert set(frame.loc[frame["estimator"] == "relax", "warmup_steps"]) == {5}
+    assert set(frame.loc[frame["estimator"] == "score-function-loo", "draws"]) == {3}
+    assert_one_line_error(invoke("train", "--suite", "binary-latent", "--set", "bogus=1",
+                                 "--steps", "2", "--out", tmp_path), "bogus")

@@ -225,7 +225,10 @@ def plan_training(request: TrainRequest) -> TrainPlan:
     device = check_device(request.device)
     names = list(dict.fromkeys(request.estimators))
     chosen = [get_estimator(name) for name in names]
-    grid, hypers = _setting_grid(suite, chosen, request.overrides)
+    # Without -e the estimators are the trainer's choice, known per setting: check hyperparameter
+    # overrides against every registered estimator (a key none of them has is still refused).
+    grid, hypers = _setting_grid(suite, chosen or list(all_estimators().values()),
+                                 request.overrides)
     trajectories: list[Trajectory] = []
     skipped: list[Skip] = []
     for settings in grid:
