@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import Tensor
-from torch.distributions import Normal
 
 from gradbench.core.autograd import check_estimates, per_sample_grad
 from gradbench.core.capabilities import CostGradient, GaussianLinearLayer
 from gradbench.core.estimator import register_estimator
 from gradbench.core.problem import Problem
 from gradbench.core.requirements import differentiable_cost, reparameterizable
+from gradbench.estimators._fused import own_normal
 from gradbench.estimators._linear_layer import (
     Layer,
     concatenated,
@@ -110,27 +108,8 @@ def _fused_normal(problem: Problem, n: int, loc_name: str, scale_name: str) -> d
     return {loc_name: g, scale_name: g * eps}
 
 
-# Problem -> (loc name, scale name) or None; weak keys: a cell's Problem is built per cell.
-_FUSABLE: weakref.WeakKeyDictionary[Problem, tuple[str, str] | None] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _normal_loc_scale(problem: Problem) -> tuple[str, str] | None:
-    """Names of the two parameters that are q's loc and scale when q is exactly a Normal built
-    from them as they are (the same tensor objects: no transform between, e.g. no exp of a
-    log-scale) and the problem offers CostGradient; else None. Decided once per problem: building
-    q per chunk would cost its argument validation (a host round-trip on a GPU)."""
-    if problem.offers(CostGradient) is None or problem.cost_depends_on_params():
-        return None
-    if problem in _FUSABLE:
-        return _FUSABLE[problem]
-    names = None
-    q = problem.q()
-    if type(q) is Normal and len(problem.params) == 2:
-        by_id = {id(value): name for name, value in problem.params.items()}
-        loc, scale = by_id.get(id(q.loc)), by_id.get(id(q.scale))
-        if loc is not None and scale is not None and loc != scale:
-            names = (loc, scale)
-    _FUSABLE[problem] = names
-    return names
+    """Names of q's loc and scale when q is exactly a Normal of the problem's own two parameters,
+    f does not depend on them (_fused.own_normal) and the problem offers CostGradient; else
+    None."""
+    return own_normal(problem) if problem.offers(CostGradient) is not None else None
