@@ -1,10 +1,19 @@
-"""Per-sample gradient throughput of the harness (gradbench.app.measure.run_cell) against
-torch.randn of
-as many elements, and against the tutorials' one-backward-per-sample loop. See conftest.py for
-how to run and how the numbers are taken; the summary table comes at the end of the run."""
+"""Per-sample gradient throughput of the harness (gradbench.app.measure.run_cell: estimates and
+streaming statistics, one cell) against the random numbers each estimate needs, drawn by torch
+alone into preallocated tensors of the same dtype and device: the RNG floor. See conftest.py for
+how to run it and how the numbers are taken; the summary table comes at the end of the run.
+
+The floors, per estimate and coordinate:
+- pathwise and score-function on Gaussians: one standard normal (torch.randn);
+- measure-valued on Gaussians (coupled, its default): the Rayleigh draw (one uniform), the double-
+  sided Maxwell (one uniform, one normal and a random sign) and the coupled normal (one uniform):
+  three torch.rand, one torch.randn and one torch.randint;
+- score-function, ARM and DisARM on Bernoulli: one uniform (torch.rand).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pytest
@@ -15,12 +24,17 @@ from gradbench.app import measure, planning
 from gradbench.estimators import get_estimator
 from gradbench.suites import all_suites
 
-ESTIMATORS = ("pathwise", "score-function", "measure-valued")
-DIMS = (1, 100, 10_000)
-SUITES = {  # suite -> settings other than dim (bernoulli-toy only where registered)
-    "gaussian-quadratic": {"mu": 1.0, "sigma": 1.0, "k": 0.0},
-    "bernoulli-toy": {"theta": 0.0, "t": 0.499},
-}
+GAUSSIAN = {"mu": 1.0, "sigma": 1.0, "k": 0.0}
+BERNOULLI = {"theta": 0.0, "t": 0.499}
+# (suite, fixed settings, estimator, dims): the issue's targets and the large-dim checks.
+GRID = [
+    ("gaussian-quadratic", GAUSSIAN, "pathwise", (1, 1000, 10_000)),
+    ("gaussian-quadratic", GAUSSIAN, "score-function", (1, 1000, 10_000)),
+    ("gaussian-quadratic", GAUSSIAN, "measure-valued", (1, 1000, 10_000)),
+    ("bernoulli-toy", BERNOULLI, "score-function", (1, 20)),
+    ("bernoulli-toy", BERNOULLI, "arm", (1, 20)),
+    ("bernoulli-toy", BERNOULLI, "disarm", (1, 20)),
+]
 DEVICES = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 # Elements (estimates x coordinates) per timed round: ~0.1 s of randn on this CPU at float64.
 ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
@@ -28,13 +42,30 @@ ROUNDS = {"cpu": 5, "cuda": 5}
 
 
 def cases():
-    for suite, fixed in SUITES.items():
-        for estimator in ESTIMATORS:
-            for dim in DIMS:
-                for device in DEVICES:
-                    for dtype in ("float64", "float32"):
-                        yield pytest.param(suite, fixed, estimator, dim, device, dtype,
-                                           id=f"{estimator}-{suite}-dim{dim}-{device}-{dtype}")
+    for suite, fixed, estimator, dims in GRID:
+        for dim in dims:
+            for device in DEVICES:
+                for dtype in ("float64", "float32"):
+                    yield pytest.param(suite, fixed, estimator, dim, device, dtype,
+                                       id=f"{estimator}-{suite}-dim{dim}-{device}-{dtype}")
+
+
+def rng_floor(estimator: str, suite: str, shape: tuple[int, ...], dtype: torch.dtype,
+              device: str):
+    """A function drawing, into preallocated tensors, the random numbers one round of the case
+    needs (module docstring), and the floor's name for the summary."""
+    buffers = [torch.empty(shape, dtype=dtype, device=device) for _ in range(4)]
+    signs = torch.empty(shape, dtype=torch.int64, device=device)
+    if suite.startswith("bernoulli"):
+        return (lambda: torch.rand(shape, out=buffers[0], dtype=dtype)), "rand"
+    if estimator == "measure-valued":
+        def draws() -> None:
+            for buffer in buffers[:3]:
+                torch.rand(shape, out=buffer, dtype=dtype)
+            torch.randn(shape, out=buffers[3], dtype=dtype)
+            torch.randint(0, 2, shape, out=signs)
+        return draws, "3 rand+randn+randint"
+    return (lambda: torch.randn(shape, out=buffers[0], dtype=dtype)), "randn"
 
 
 def clock_for(device: str):
@@ -48,8 +79,8 @@ def clock_for(device: str):
 
 def tutorial_loop(problem, estimator: str, n: int) -> None:
     """The per-sample loop of tutorials: fresh leaves, one draw, one backward, per sample (for
-    measure-valued, which has no backward, the estimator itself called once per sample)."""
-    if estimator == "measure-valued":
+    estimators without a backward pass, the estimator itself called once per sample)."""
+    if estimator not in ("pathwise", "score-function"):
         fn = get_estimator(estimator).fn
         for _ in range(n):
             fn(problem, 1)
@@ -58,10 +89,10 @@ def tutorial_loop(problem, estimator: str, n: int) -> None:
         params = {k: v.detach().clone().requires_grad_(True) for k, v in problem.params.items()}
         q = problem.distribution(**params)
         if estimator == "pathwise":
-            loss = problem.cost(q.rsample((1,))).sum()
+            loss = problem.cost(q.rsample((1,)), params).sum()
         else:  # score-function: f(z) grad log q(z)
             z = q.sample((1,))
-            loss = (problem.cost(z).detach() * q.log_prob(z).sum()).sum()
+            loss = (problem.cost(z, params).detach() * q.log_prob(z).sum()).sum()
         loss.backward()
 
 
@@ -70,9 +101,8 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
     if suite not in all_suites():
         pytest.skip(f"suite {suite} is not registered in this checkout")
     settings = {**fixed, "dim": dim}
-    the_suite = all_suites()[suite]
-    problem = the_suite.problem(settings, device=torch.device(device),
-                                dtype=planning.DTYPES[dtype])
+    problem = all_suites()[suite].problem(settings, device=torch.device(device),
+                                          dtype=planning.DTYPES[dtype])
     spec = get_estimator(estimator)
     reason = spec.applicability(problem)
     if reason is not None:
@@ -81,14 +111,16 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
     samples = max(64, ELEMENTS[device] // coords)
     hyper = tuple((h.name, h.default) for h in spec.hyperparams.values())
     cell = planning.Cell(suite, tuple(settings.items()), estimator, hyper, device, dtype,
-                       samples, 0)
-    case = record(Case(f"{estimator} {suite} dim{dim}", device, dtype, coords, samples))
+                         samples, 0)
+    draws, floor = rng_floor(estimator, suite, (samples * coords,), planning.DTYPES[dtype],
+                             device)
+    case = record(Case(f"{estimator} {suite} dim{dim}", device, dtype, coords, samples,
+                       floor=floor))
     clock = clock_for(device)
-    buffer = torch.empty(samples * coords, dtype=planning.DTYPES[dtype], device=device)
 
     def limit() -> None:
         start = clock()
-        torch.randn(buffer.shape, out=buffer)
+        draws()
         case.limit_s.append(clock() - start)
 
     def harness() -> None:
@@ -96,8 +128,8 @@ def test_throughput(benchmark, record, suite, fixed, estimator, dim, device, dty
         measure.run_cell(cell)
         case.harness_s.append(clock() - start)
 
-    measure.run_cell(planning.Cell(*cell.key[:6], 1000, 0))  # warm: kernels, allocator, caches
-    torch.randn(buffer.shape, out=buffer)
+    measure.run_cell(dataclasses.replace(cell, samples=1000))  # warm: kernels, allocator, caches
+    draws()
     benchmark.extra_info.update(samples=samples, coords=coords, device=device, dtype=dtype)
     benchmark.pedantic(harness, setup=limit, rounds=ROUNDS[device], iterations=1)
 

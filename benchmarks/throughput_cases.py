@@ -11,8 +11,9 @@ class Case:
     name: str
     device: str
     dtype: str
-    coords: int  # coordinates per estimate (elements of randn per estimate)
+    coords: int  # coordinates per estimate
     samples: int
+    floor: str = "randn"  # the random numbers the limit draws (test_throughput.rng_floor)
     harness_s: list[float] = field(default_factory=list)
     limit_s: list[float] = field(default_factory=list)
     loop_samples: int = 0
@@ -22,7 +23,7 @@ class Case:
         return self.samples / min(self.harness_s)
 
     def limit_rate(self) -> float:
-        return self.samples / min(self.limit_s)  # estimates/s that randn alone would allow
+        return self.samples / min(self.limit_s)  # estimates/s the RNG floor alone would allow
 
     def ratios(self) -> list[float]:
         return [lim / har for lim, har in zip(self.limit_s, self.harness_s, strict=True)]
@@ -32,3 +33,20 @@ class Case:
 
 
 RESULTS: list[Case] = []
+
+
+@dataclass
+class LayerCase:
+    """The scale benchmark: per-estimate time of the harness (estimates + statistics) against
+    one ordinary training step of the same layer, round by round."""
+
+    name: str
+    samples: int
+    harness_s: list[float] = field(default_factory=list)  # per estimate
+    step_s: list[float] = field(default_factory=list)  # per training step
+
+    def ratios(self) -> list[float]:
+        return [h / s for h, s in zip(self.harness_s, self.step_s, strict=True)]
+
+
+LAYER_RESULTS: list[LayerCase] = []

@@ -29,6 +29,7 @@ from gradbench.core.requirements import (
     enumerable_support,
     gaussian,
     has_log_prob,
+    negative_elbo,
     relaxed_cost,
     reparameterizable,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "has_log_prob",
     "log_prob_sum",
     "native_to_params",
+    "negative_elbo",
     "per_sample_grad",
     "register_estimator",
     "relaxed_cost",

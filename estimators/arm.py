@@ -15,6 +15,8 @@ by the chain rule.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -22,32 +24,59 @@ from gradbench.core.autograd import check_estimates, native_to_params, repeat_pa
 from gradbench.core.estimator import register_estimator
 from gradbench.core.problem import Problem
 from gradbench.core.requirements import bernoulli
+from gradbench.estimators._fused import own_bernoulli_logits
 from gradbench.estimators._relaxations import open_uniform
 
 
-def antithetic_costs(problem: Problem, u: Tensor, logits: Tensor, params: dict[str, Tensor]
-                     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def antithetic_costs(problem: Problem, u: Tensor, logits: Tensor,
+                     params: dict[str, Tensor] | None = None
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """b = 1[u < sigma(th)], b~ = 1[u > sigma(-th)] (= 1[1 - u < sigma(th)]), f(b~) - f(b), and
-    (f(b) + f(b~)) / 2 with its graph: both are Bernoulli(sigma(th)) draws, so its gradient
-    estimates the cost's direct term E[grad_theta f_theta(b)] (0 for f of b alone).
+    (f(b) + f(b~)) / 2 with its graph in the per-sample `params`: both are Bernoulli(sigma(th))
+    draws, so its gradient estimates the cost's direct term E[grad_theta f_theta(b)] (0 for f of
+    b alone). Without `params` (a cost independent of them) f sees the problem's own and the
+    direct term is None.
 
     One batched cost call with 2n rows.
     """
     n = u.shape[0]
     b = (u < torch.sigmoid(logits)).to(u.dtype)
     b_anti = (u > torch.sigmoid(-logits)).to(u.dtype)
-    f = problem.cost(torch.cat([b, b_anti]), repeat_params(params, 2))
+    states = torch.cat([b, b_anti])
+    if params is None:
+        with torch.no_grad():
+            f = problem.cost(states, problem.params)
+        return b, b_anti, f[n:] - f[:n], None
+    f = problem.cost(states, repeat_params(params, 2))
     diff = (f[n:] - f[:n]).detach()
     return b, b_anti, diff, 0.5 * (f[:n] + f[n:])
+
+
+def antithetic_draws(problem: Problem, n: int
+                     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Any]:
+    """The shared start of ARM and DisARM: (logits [n, ...], u, b, b~, f(b~) - f(b), the direct
+    term) and a function mapping logits-gradients to the problem's parameters. Where q is
+    Bernoulli(logits) of the problem's own parameter and f does not depend on it, no parameter
+    copies and no chain rule (the same draws either way)."""
+    name = own_bernoulli_logits(problem)
+    if name is not None:
+        own = problem.params[name]
+        logits = own.expand(n, *own.shape)
+        u = open_uniform(logits.shape, logits)
+        b, b_anti, diff, direct = antithetic_costs(problem, u, logits)
+        return logits, u, b, b_anti, diff, direct, lambda grad: {name: grad}
+    params = problem.expand_params(n, requires_grad=True)
+    q = problem.distribution(**params)
+    logits = q.logits.detach()
+    u = open_uniform(logits.shape, logits)
+    b, b_anti, diff, direct = antithetic_costs(problem, u, logits, params)
+    return logits, u, b, b_anti, diff, direct, (
+        lambda grad: native_to_params(q, {"logits": grad}, params, direct))
 
 
 @register_estimator("arm", family="arm", unbiased=True, requires=(bernoulli,), evals=2)
 def arm(problem: Problem, n: int) -> dict[str, Tensor]:
     """ARM (Yin & Zhou 2019): (f(1[u > sigma(-th)]) - f(1[u < sigma(th)])) (u - 1/2), 2 evals."""
-    params = problem.expand_params(n, requires_grad=True)
-    q = problem.distribution(**params)
-    logits = q.logits.detach()
-    u = open_uniform(logits.shape, logits)
-    _, _, diff, direct = antithetic_costs(problem, u, logits, params)  # diff = f(b~) - f(b)
+    logits, u, _, _, diff, _, to_params = antithetic_draws(problem, n)  # diff = f(b~) - f(b)
     grad = diff.reshape(n, *[1] * (logits.dim() - 1)) * (u - 0.5)
-    return check_estimates(problem, n, native_to_params(q, {"logits": grad}, params, direct))
+    return check_estimates(problem, n, to_params(grad))

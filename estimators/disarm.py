@@ -16,22 +16,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradbench.core.autograd import check_estimates, native_to_params
+from gradbench.core.autograd import check_estimates
 from gradbench.core.estimator import register_estimator
 from gradbench.core.problem import Problem
 from gradbench.core.requirements import bernoulli
-from gradbench.estimators._relaxations import open_uniform
-from gradbench.estimators.arm import antithetic_costs
+from gradbench.estimators.arm import antithetic_draws
 
 
 @register_estimator("disarm", family="arm", unbiased=True, requires=(bernoulli,), evals=2)
 def disarm(problem: Problem, n: int) -> dict[str, Tensor]:
     """DisARM (Dong et al. 2020): 1/2 (f(b) - f(b~)) (-1)^b~ 1[b != b~] sigma(|th|), 2 evals."""
-    params = problem.expand_params(n, requires_grad=True)
-    q = problem.distribution(**params)
-    logits = q.logits.detach()
-    u = open_uniform(logits.shape, logits)
-    b, b_anti, diff, direct = antithetic_costs(problem, u, logits, params)  # f(b~) - f(b)
+    logits, u, b, b_anti, diff, _, to_params = antithetic_draws(problem, n)  # f(b~) - f(b)
     weight = (1 - 2 * b_anti) * (b != b_anti).to(u.dtype) * torch.sigmoid(logits.abs())
     grad = -0.5 * diff.reshape(n, *[1] * (logits.dim() - 1)) * weight
-    return check_estimates(problem, n, native_to_params(q, {"logits": grad}, params, direct))
+    return check_estimates(problem, n, to_params(grad))

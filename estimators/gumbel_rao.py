@@ -22,6 +22,11 @@ def _check_m(value: int) -> str | None:
     return None if value >= 1 else f"m must be at least 1 (conditional draws), not {value}"
 
 
+def _memory(problem: Problem, m: int = 10, **_: object) -> float:
+    """the m conditional noise draws and their relaxations, [m, *shape] each, per estimate"""
+    return 2.0 * m + 1.0
+
+
 @register_estimator(
     "gumbel-rao",
     family="straight-through",
@@ -33,6 +38,7 @@ def _check_m(value: int) -> str | None:
                    "f is still evaluated once", _check_m),
     ),
     evals=1,
+    memory=_memory,
 )
 def gumbel_rao(problem: Problem, n: int, tau: float = 0.5, m: int = 10) -> dict[str, Tensor]:
     """Gumbel-Rao (Paulus et al. 2020): ST-Gumbel with the backward averaged over m draws z | b."""

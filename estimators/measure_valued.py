@@ -29,16 +29,35 @@ from gradbench.core.autograd import check_estimates, detached, native_to_params
 from gradbench.core.capabilities import SeparableCost
 from gradbench.core.estimator import Hyperparam, register_estimator
 from gradbench.core.problem import Problem
-from gradbench.core.requirements import gaussian
+from gradbench.core.requirements import Requirement, gaussian
+from gradbench.estimators._fused import own_normal
 
 _SQRT_2PI = math.sqrt(2 * math.pi)
 # Largest perturbed batch [n, coordinates, dim] built at once for a non-separable cost.
 _MAX_ELEMENTS = 2**24
+# A non-separable cost is re-evaluated in full 4 times per coordinate of q: past this many
+# coordinates (16,384 evaluations of f per estimate) a cell would take hours, not seconds.
+MAX_COORDINATES = 4096
 
 
 def _num_coordinates(problem: Problem) -> int:
     q = problem.q()
     return q.batch_shape.numel() * q.event_shape.numel()
+
+
+def _coordinatewise_feasible(problem: Problem) -> str | None:
+    if problem.offers(SeparableCost) is not None:
+        return None
+    coordinates = _num_coordinates(problem)
+    if coordinates <= MAX_COORDINATES:
+        return None
+    return (f"f is not separable, so each estimate re-evaluates it in full 4 times per "
+            f"coordinate: {4 * coordinates:,} evaluations for {coordinates:,} coordinates "
+            f"(refused above {MAX_COORDINATES:,} coordinates)")
+
+
+coordinatewise_feasible = Requirement(f"separable cost or at most {MAX_COORDINATES} coordinates",
+                                      _coordinatewise_feasible)
 
 
 def _evals(problem: Problem, coupled: bool = True, **_: object) -> float:
@@ -108,7 +127,7 @@ def _replaced_costs(
     "measure-valued",
     family="measure-valued",
     unbiased=True,
-    requires=(gaussian,),
+    requires=(gaussian, coordinatewise_feasible),
     hyperparams=(
         Hyperparam("coupled", bool, True, "share randomness between the positive and negative "
                    "parts (W for the mean; eps = M U for the scale)"),
@@ -117,14 +136,40 @@ def _replaced_costs(
 )
 def measure_valued(problem: Problem, n: int, coupled: bool = True) -> dict[str, Tensor]:
     """Gaussian weak derivatives: Rayleigh differences for the mean, Maxwell - normal for sigma."""
+    names = own_normal(problem)
+    if names is not None and problem.offers(SeparableCost) is not None:
+        # q is Normal(loc, scale) of the problem's own parameters: the estimates in (loc,
+        # scale) are the estimates, with no parameter copies and no chain rule to apply.
+        loc_name, scale_name = names
+        loc, scale = problem.params[loc_name], problem.params[scale_name]
+        shape = loc.shape
+        wide = (n, loc.numel())
+        grad_loc, grad_scale = _weak_derivatives(
+            problem, loc.expand(n, *shape).reshape(wide), scale.expand(n, *shape).reshape(wide),
+            shape, coupled, None, problem.params)
+        return check_estimates(problem, n, {loc_name: grad_loc.reshape(n, *shape),
+                                            scale_name: grad_scale.reshape(n, *shape)})
     params = problem.expand_params(n, requires_grad=True)
     q = problem.distribution(**params)
     shape = q.batch_shape[1:]  # one draw's shape (Normal has an empty event shape)
-    loc = q.loc.detach().reshape(n, -1)
-    scale = q.scale.detach().reshape(n, -1)
     # z_{-i}: one draw from q shared by every coordinate's four terms (unused if separable).
     base = None if problem.offers(SeparableCost) else q.sample().reshape(n, -1)
+    grad_loc, grad_scale = _weak_derivatives(
+        problem, q.loc.detach().reshape(n, -1), q.scale.detach().reshape(n, -1), shape, coupled,
+        base, detached(params))
+    native = {"loc": grad_loc.reshape(q.loc.shape), "scale": grad_scale.reshape(q.scale.shape)}
+    # A cost that depends on theta adds its direct term E[grad_theta f_theta(z)], estimated at
+    # one more draw z ~ q (the weak derivative above covers only theta's effect through q).
+    direct = problem.cost(q.sample(), params) if problem.cost_depends_on_params() else None
+    # Estimates are w.r.t. (loc, scale); the chain rule maps them to the problem's parameters.
+    return check_estimates(problem, n, native_to_params(q, native, params, direct))
 
+
+def _weak_derivatives(problem: Problem, loc: Tensor, scale: Tensor, shape: torch.Size,
+                      coupled: bool, base: Tensor | None, params: dict[str, Tensor]
+                      ) -> tuple[Tensor, Tensor]:
+    """The weak-derivative estimates [n, D] in loc and scale ([n, D] each, no graph); `params`
+    are what the cost sees (cut from any graph: the weak derivative differentiates q, not f)."""
     w_plus = _rayleigh(loc)
     w_minus = w_plus if coupled else _rayleigh(loc)
     maxwell = _double_sided_maxwell(loc)
@@ -133,16 +178,9 @@ def measure_valued(problem: Problem, n: int, coupled: bool = True) -> dict[str, 
     # half-normal), and M's independent fair sign makes it symmetric: phi(y) on R.
     eps = maxwell * torch.rand_like(loc) if coupled else torch.randn_like(loc)
 
-    cut = detached(params)
-
     def costs(values: Tensor) -> Tensor:
-        return _replaced_costs(problem, base, values, shape, cut)
+        return _replaced_costs(problem, base, values, shape, params)
 
     grad_loc = (costs(loc + scale * w_plus) - costs(loc - scale * w_minus)) / (scale * _SQRT_2PI)
     grad_scale = (costs(loc + scale * maxwell) - costs(loc + scale * eps)) / scale
-    native = {"loc": grad_loc.reshape(q.loc.shape), "scale": grad_scale.reshape(q.scale.shape)}
-    # A cost that depends on theta adds its direct term E[grad_theta f_theta(z)], estimated at
-    # one more draw z ~ q (the weak derivative above covers only theta's effect through q).
-    direct = problem.cost(q.sample(), params) if problem.cost_depends_on_params() else None
-    # Estimates are w.r.t. (loc, scale); the chain rule maps them to the problem's parameters.
-    return check_estimates(problem, n, native_to_params(q, native, params, direct))
+    return grad_loc, grad_scale

@@ -6,9 +6,11 @@ import importlib
 import pkgutil
 
 from gradbench.core.capabilities import (
+    BlockSeparableCost,
     CostGradient,
     DifferentiableCost,
     GaussianLinearLayer,
+    NegativeELBO,
     RelaxedCost,
     SeparableCost,
 )
@@ -22,10 +24,12 @@ for _module in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "BlockSeparableCost",
     "CostGradient",
     "DifferentiableCost",
     "Evaluation",
     "GaussianLinearLayer",
+    "NegativeELBO",
     "Problem",
     "RelaxedCost",
     "SeparableCost",

@@ -56,6 +56,19 @@ def probability(value: float) -> str | None:
     return None if 0 < value < 1 else "must be strictly between 0 and 1"
 
 
+def check_resolution(p: float, dtype: torch.dtype) -> None:
+    """Refuse p closer to 0 or 1 than the dtype's resolution: torch.distributions clamps
+    probabilities to [eps, 1 - eps], so there every gradient with respect to p (score, enumeration,
+    relaxations) would be zero instead of the truth. Raises ValueError naming the bounds."""
+    eps = torch.finfo(dtype).eps
+    if not eps <= p <= 1 - eps:
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"p={p!r} is closer to 0 or 1 than {name} resolves: torch clamps "
+                         f"probabilities to [{eps:.3g}, 1 - {eps:.3g}], which would make every "
+                         "gradient with respect to p zero; give p in that range (or use "
+                         "bernoulli-toy's logits for extreme probabilities)")
+
+
 def _quadratic_terms(t: float) -> Callable[..., Tensor]:
     def terms(b: Tensor, params: object = None) -> Tensor:
         # Defined on the relaxation [0, 1] too, and differentiable there: d/db = 2 (b - t).
@@ -175,6 +188,7 @@ def bernoulli_probs(
     p: float, t: float, dim: int, *, device: torch.device, dtype: torch.dtype
 ) -> Problem:
     """f(b) = sum_i (b_i - t)^2, b ~ Bernoulli(probs=p)^dim, d/dp; t=0, p=0.25: E y^2 tutorial."""
+    check_resolution(p, dtype)
     return _separable_problem(
         "p", p, probs_gradient(t), t, dim, _probs_bernoulli, {"p": p, "t": t, "dim": dim},
         device, dtype,

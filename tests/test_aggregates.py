@@ -155,11 +155,12 @@ def test_tensor_verdict_with_rare_states_known_but_none_rare():
 def test_the_table_shows_tensor_rows_of_parameters_without_coordinate_rows():
     from rich.console import Console
 
-    from gradbench.app.table import summary_table
+    from gradbench.app.table import compact, full_table, summary_table
 
     frame = pd.DataFrame(measure.run_cell(cell(0))).assign(run_id="r", cell_id="c")
-    console = Console(width=200, record=True)
-    console.print(summary_table(frame))
-    text = console.export_text()
     trace = frame.loc[frame["param"] == "sigma", "variance"].iloc[0]
-    assert "sigma" in text and f"{trace:.3g}" in text
+    for table, shown in ((summary_table, compact(trace)), (full_table, f"{trace:.3g}")):
+        console = Console(width=200, record=True)
+        console.print(table(frame))
+        text = console.export_text()
+        assert "sigma" in text and shown in text, (table.__name__, text)

@@ -26,7 +26,7 @@ def test_run_prints_table_and_writes_parquet(results_dir):
     result = invoke("run", "--suite", "gaussian-quadratic", "-e", "pathwise", "-e",
                     "score-function", *SMALL, "--seed", "7", "--out", results_dir)
     assert result.exit_code == 0, result.output
-    assert "bias ± SE" in result.output and "variance ± SE" in result.output
+    assert "bias/SE" in result.output and "var mu" in result.output and "var sigma" in result.output
     assert "pathwise" in result.output and "score-function" in result.output
     run_dirs = store.run_dirs(results_dir)
     assert len(run_dirs) == 1 and str(run_dirs[0]) in result.output.replace("\n", "")

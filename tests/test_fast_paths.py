@@ -18,8 +18,10 @@ from gradbench.core.capabilities import CostGradient, DifferentiableCost
 from gradbench.core.moments import Moments
 from gradbench.core.problem import Problem
 from gradbench.core.streaming import StreamingMoments
+from gradbench.estimators import get_estimator
 from gradbench.estimators import pathwise as pathwise_module
-from gradbench.suites import all_suites
+from gradbench.estimators._fused import own_bernoulli_logits, own_normal
+from gradbench.suites import all_suites, get_suite
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -213,3 +215,43 @@ def test_streaming_moments_accept_float32_and_reject_wrong_widths() -> None:
         acc.add(torch.zeros(4, 3))
     acc.add(torch.zeros(0, 2))  # an empty chunk changes nothing
     assert acc.moments().count.tolist() == [0, 0]
+
+
+# ---------------------------------------------------------------- closed-form score and weak paths
+
+
+def _opaque(problem: Problem) -> Problem:
+    """The same problem with q built through an exact no-op (x * 1.0): q's parameters are no
+    longer the problem's own tensors, so the estimators take their general autograd paths."""
+    build = problem.distribution
+    return dataclasses.replace(
+        problem, distribution=lambda **params: build(**{k: v * 1.0 for k, v in params.items()}))
+
+
+FUSED_CASES = [
+    ("score-function", "gaussian-quadratic", {"mu": 1.0, "sigma": 2.0, "k": 3.0, "dim": 3}),
+    ("score-function", "bernoulli-toy", {"theta": 0.5, "t": 0.45, "dim": 4}),
+    ("measure-valued", "gaussian-exp", {"mu": 1.5, "sigma": 1.0, "k": 0.5, "dim": 3}),
+    ("arm", "bernoulli-toy", {"theta": -1.0, "t": 0.45, "dim": 5}),
+    ("disarm", "bernoulli-toy", {"theta": 2.0, "t": 0.499, "dim": 5}),
+]
+
+
+@pytest.mark.parametrize(("name", "suite", "settings"), FUSED_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in FUSED_CASES])
+def test_closed_form_paths_draw_the_autograd_estimates(name, suite, settings) -> None:
+    """Where q is a Normal or Bernoulli of the problem's own parameters, score-function,
+    measure-valued, ARM and DisARM skip the parameter copies and the backward pass; with the same
+    generator state they give the general path's estimates up to rounding."""
+    problem = get_suite(suite).problem(settings)
+    general = _opaque(problem)
+    fn = get_estimator(name).fn
+    assert (own_normal(problem) or own_bernoulli_logits(problem)) is not None
+    assert own_normal(general) is None and own_bernoulli_logits(general) is None
+    torch.manual_seed(4)
+    fused = fn(problem, 3000)
+    torch.manual_seed(4)
+    plain = fn(general, 3000)
+    for param in problem.params:
+        scale = float(plain[param].abs().max().clamp(min=1.0))
+        torch.testing.assert_close(fused[param], plain[param], rtol=0, atol=64 * EPS * scale)

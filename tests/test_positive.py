@@ -31,7 +31,7 @@ from gradbench.estimators.inverse_cdf import inverse_cdf_estimator
 from gradbench.estimators.pathwise import pathwise
 from gradbench.results import store
 from gradbench.suites import get_suite
-from gradbench.suites.positive import EXPECTATIONS
+from gradbench.suites.positive_continuous import EXPECTATIONS
 
 CPU = torch.device("cpu")
 SUITES = ("exponential", "weibull", "gamma")

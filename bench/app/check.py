@@ -40,6 +40,7 @@ import pandas as pd
 
 from gradbench.app.check_tests import (  # noqa: F401  (re-exported: the verdicts, bias_tests)
     BIAS,
+    NONFINITE_ROSE,
     NOT_COMPARABLE,
     NOT_FINITE,
     NOT_TESTABLE,
@@ -278,11 +279,6 @@ def _context(result: CheckResult, cur: pd.DataFrame, base: pd.DataFrame) -> None
         if bool(row["unbiased_c"]) != bool(row["unbiased_b"]):
             result.warnings.append(f"{name} is registered unbiased={bool(row['unbiased_c'])} "
                                    f"now, unbiased={bool(row['unbiased_b'])} in the baseline")
-    appeared = result.rows[(result.rows["nonfinite_c"] > 0)
-                           & ~(result.rows["nonfinite_b"].fillna(0) > 0)]
-    for (estimator, settings), part in appeared.groupby(["estimator", "settings"]):
-        result.warnings.append(f"{estimator} {settings}: {int(part['nonfinite_c'].max())} "
-                               "non-finite estimates (NaN/Inf) excluded, none in the baseline")
     b_samples, c_samples = _distinct(base, "samples"), _distinct(cur, "samples")
     if b_samples != c_samples:
         result.notes.append(f"samples per cell: baseline {', '.join(b_samples)}, current "

@@ -10,6 +10,7 @@ import pandas as pd
 
 from gradbench.app.check import (
     BIAS,
+    NONFINITE_ROSE,
     NOT_FINITE,
     NOT_TESTABLE,
     VALUE_CHANGED,
@@ -74,7 +75,7 @@ def per_estimator(result: CheckResult) -> pd.DataFrame:
         "median_ratio": grouped["ratio"].median(),
         "variance_regressions": grouped["verdict"].apply(
             lambda v: int(v.isin([VARIANCE, VARIANCE_AND_BIAS, VARIANCE_APPEARED,
-                                  VALUE_CHANGED, NOT_FINITE]).sum())),
+                                  VALUE_CHANGED, NOT_FINITE, NONFINITE_ROSE]).sum())),
         "bias_regressions": grouped["verdict"].apply(
             lambda v: int(v.isin([BIAS, VARIANCE_AND_BIAS]).sum())),
         "not_testable": grouped["untestable"].apply(lambda v: int((v != "").sum())),

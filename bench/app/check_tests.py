@@ -67,9 +67,11 @@ VARIANCE_AND_BIAS = "variance+bias"
 VARIANCE_APPEARED = "variance appeared"
 VALUE_CHANGED = "value changed"
 NOT_FINITE = "variance not finite"
+NONFINITE_ROSE = "non-finite estimates rose"
 NOT_COMPARABLE = "not comparable"
 NOT_TESTABLE = "not testable at this n"
-REGRESSIONS = (VARIANCE, BIAS, VARIANCE_AND_BIAS, VARIANCE_APPEARED, VALUE_CHANGED, NOT_FINITE)
+REGRESSIONS = (VARIANCE, BIAS, VARIANCE_AND_BIAS, VARIANCE_APPEARED, VALUE_CHANGED, NOT_FINITE,
+               NONFINITE_ROSE)
 
 def decide(rows: pd.DataFrame, tolerance: float, alpha: float) -> tuple[pd.DataFrame, int]:
     """Tests and verdicts from the compared rows' statistics at this tolerance and alpha: adds
@@ -88,10 +90,33 @@ def decide(rows: pd.DataFrame, tolerance: float, alpha: float) -> tuple[pd.DataF
     verdict = np.where(variance_flag & bias_flag, VARIANCE_AND_BIAS,
                        np.where(variance_flag, VARIANCE, np.where(bias_flag, BIAS, OK)))
     exact = rows["exact"].to_numpy()
-    verdict = np.where((verdict == OK) & (rows["untestable"].to_numpy() != ""), NOT_TESTABLE,
-                       verdict)
-    rows["verdict"] = np.where(exact != "", exact, verdict)
+    verdict = np.where(exact != "", exact, verdict)
+    verdict = np.where((verdict == OK) & nonfinite_rose(rows, alpha), NONFINITE_ROSE, verdict)
+    rows["verdict"] = np.where((verdict == OK) & (rows["untestable"].to_numpy() != ""),
+                               NOT_TESTABLE, verdict)
     return rows, tests
+
+
+def nonfinite_rose(rows: pd.DataFrame, alpha: float) -> np.ndarray:
+    """Matched rows whose share of non-finite (NaN/Inf) estimates rose: from zero in the
+    baseline to any, or beyond noise (one-sided pooled two-proportion z test, Bonferroni over
+    the rows with non-finite estimates on both sides, at `alpha`). An estimator that starts
+    producing NaN has regressed even though its finite estimates look fine."""
+    def column(name: str) -> np.ndarray:
+        return rows[name].fillna(0).to_numpy(np.float64)
+
+    bad_c, bad_b = column("nonfinite_c"), column("nonfinite_b")
+    all_c, all_b = column("n_c") + bad_c, column("n_b") + bad_b
+    matched = rows["matched"].to_numpy(bool)
+    appeared = matched & (bad_c > 0) & (bad_b == 0)
+    both = matched & (bad_c > 0) & (bad_b > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pooled = (bad_c + bad_b) / (all_c + all_b)
+        se = np.sqrt(pooled * (1.0 - pooled) * (1.0 / all_c + 1.0 / all_b))
+        z = (bad_c / all_c - bad_b / all_b) / se
+    p = decisions.normal_sf(np.where(both, z, np.nan))
+    tests = max(int(both.sum()), 1)
+    return appeared | (both & (p <= alpha / tests))
 
 
 def _adjust(rows: pd.DataFrame, alpha: float) -> tuple[np.ndarray, np.ndarray, int]:

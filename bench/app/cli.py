@@ -2,36 +2,74 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from gradbench.app.cli_output import (
+    console,
+    err_console,
+    error_line,
+    execute_with_progress,
+    interrupted,
+    json_lines,
+    report_run,
+    resume_command,
+    signals_as_interrupt,
+)
 from gradbench.app.errors import USER_ERRORS, BenchError
 from gradbench.core.version import __version__
 
-# Piped output (CI logs, files) gets a wide table instead of rich's 80-column default.
-console = Console() if Console().is_terminal else Console(width=160)
-err_console = Console(stderr=True)
+try:  # typer >= 0.20 carries its own copy of click's exceptions
+    from typer._click import exceptions as click_errors
+except ImportError:  # older typer runs on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+
 class _Group(typer.core.TyperGroup):
-    """Turns BenchError into one line on stderr and exit code 2, never a traceback."""
+    """Every error is one line on stderr, never a traceback or a box: BenchError and the other
+    USER_ERRORS, and click's own usage errors (exit code 2); Ctrl-C exits 130 with a short note.
+    """
 
     def invoke(self, ctx):  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except USER_ERRORS as error:
-            err_console.print(f"[bold red]error:[/bold red] {error}", highlight=False,
-                              soft_wrap=True)
+            error_line(str(error))
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: finished cells are kept; rerun the same command "
-                              "with --resume RUN_ID to compute only the missing ones")
+            # `run` explains how to resume where that applies; anywhere else there is nothing
+            # to resume.
+            err_console.print("interrupted", highlight=False)
             raise typer.Exit(130) from None
+
+    def main(self, args=None, prog_name=None, complete_var=None,  # type: ignore[override]
+             standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as error:
+            console.print(error.ctx.get_help() if error.ctx else str(error), highlight=False)
+            code = 2
+        except click_errors.UsageError as error:
+            where = f"; see `{error.ctx.command_path} --help`" if error.ctx else ""
+            error_line(f"{' '.join(error.format_message().split()).rstrip('.')}{where}")
+            code = 2
+        except click_errors.ClickException as error:
+            error_line(" ".join(error.format_message().split()))
+            code = error.exit_code
+        except typer.Abort:
+            err_console.print("interrupted", highlight=False)
+            code = 130
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
 
 
 app = typer.Typer(
@@ -107,8 +145,9 @@ def list_command(plugin: PluginOption = None) -> None:
         settings = "\n".join(f"{s.name} = {', '.join(map(str, s.defaults))}"
                              for s in suite.settings.values())
         offers = "\n".join(kind.title for kind in suite.offers) or "-"
-        suites.add_row(f"{suite.name} v{suite.version}", suite.description, settings, offers,
-                       f"{suite.default_samples:,}")
+        trainable = "\n(bench train)" if suite.trainable else ""
+        suites.add_row(f"{suite.name} v{suite.version}{trainable}", suite.description, settings,
+                       offers, f"{suite.default_samples:,}")
     console.print(suites)
     for name, error in failures().items():
         err_console.print(f"[yellow]warning[/yellow] plugin {name} failed to load: {error}",
@@ -123,11 +162,13 @@ def run_command(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="KEY=V1,V2,... replaces a setting's default values (repeatable; the run "
-        "covers the cross product). Estimator hyperparameters too: K=2,4 or "
-        "score-function-loo.K=2,4.")] = None,
-    samples: Annotated[int | None, typer.Option(
-        help="Independent gradient estimates per cell (default: the suite's).")] = None,
-    seed: Annotated[int, typer.Option(help="Base seed; every cell derives its own from it.")] = 0,
+        "covers the cross product). Estimator hyperparameters too: draws=2,4 or "
+        "score-function-loo.draws=2,4.")] = None,
+    samples: Annotated[str | None, typer.Option(
+        help="Independent gradient estimates per cell (default: the suite's); 4000 or 1e6.")
+    ] = None,
+    seed: Annotated[str, typer.Option(
+        help="Base seed (a 64-bit integer); every cell derives its own from it.")] = "0",
     device: Annotated[list[str] | None, typer.Option(
         help="cpu or cuda (repeatable to run both).")] = None,
     dtype: Annotated[str, typer.Option(help="float64 or float32.")] = "float64",
@@ -135,8 +176,8 @@ def run_command(
     resume: Annotated[str | None, typer.Option(
         help="Run id to complete: only its missing cells are computed.")] = None,
     threads: Annotated[int, typer.Option(
-        help="torch intra-op threads (recorded with the results). 1 is fastest for cache-sized "
-        "chunks and keeps timings stable on a shared machine.")] = 1,
+        help="torch intra-op threads (recorded with the results), at most the CPU count. 1 is "
+        "fastest for cache-sized chunks and keeps timings stable on a shared machine.")] = 1,
     executor: Annotated[str, typer.Option(
         help="Where cells run: local (this process), processes (a pool of worker processes) or "
         "dask (a local Dask cluster, or the one at --scheduler; needs the dask extra: pip install "
@@ -153,15 +194,11 @@ def run_command(
     plugin: PluginOption = None,
 ) -> None:
     """Run a suite: every applicable estimator over its grid; write parquet; print a table."""
-    from gradbench.app import execute as runner
     from gradbench.app import planning
     from gradbench.app.executors import make_executor
     from gradbench.app.process import configure
-    from gradbench.app.table import summary_table
-    from gradbench.results import store
 
-    if threads < 1:
-        raise BenchError(f"--threads {threads}: need at least 1")
+    _check_threads(threads)
     configure(threads)
     plugins = _load_plugins(plugin)
     pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
@@ -170,133 +207,101 @@ def run_command(
         suite=suite,
         estimators=tuple(estimator or ()),
         overrides=planning.parse_assignments(set_ or ()),
-        samples=samples,
-        seed=seed,
+        samples=None if samples is None else _whole("--samples", samples),
+        seed=_whole("--seed", seed),
         devices=tuple(device or ("cpu",)),
         dtype=dtype,
         coords=coords,
     )
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("{task.fields[cell]}"))
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        task = progress.add_task(f"{suite}", total=None, cell="planning")
-
-        def on_cell(cell: planning.Cell, done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total,
-                            cell=f"{cell.estimator} {dict(cell.settings)}")
-
-        def on_start(run_id: str, run_dir: Path, todo: int, total: int) -> None:
-            # First, so that even a killed run (no chance to say more) has told its run id.
-            reused = f", {total - todo} already done" if todo < total else ""
-            err_console.print(f"run {run_id}: {todo} of {total} cells to compute{reused} "
-                              f"({pool.name} executor) -> {run_dir}", highlight=False,
-                              soft_wrap=True)
-
+    with signals_as_interrupt() as received:
         try:
-            with _sigterm_as_interrupt():
-                outcome = runner.execute(request, out, command=store.command_line(),
-                                         run_id=resume, on_cell=on_cell, executor=pool,
-                                         on_start=on_start)
-        except runner.RunInterrupted as stop:
-            err_console.print(f"interrupted: {stop.written} of {stop.total} cells are written in "
-                              f"{stop.run_dir}; to compute only the missing ones, run:\n  "
-                              f"{_resume_command(stop.run_id)}", highlight=False,
-                              soft_wrap=True)
-            raise typer.Exit(130) from None
-    note = f" ({outcome.reused} cells reused)" if outcome.reused else ""
-    if store.finished_cells(outcome.run_dir):
-        frame = store.read_results(outcome.run_dir)
-        console.print(summary_table(frame, title=f"{suite} ({outcome.run_id})"))
-        _print_skipped(outcome.plan.skipped)
-        _print_nonfinite(frame)
-        _print_unreliable(frame)
-        console.print(f"wrote {len(frame)} rows, {len(outcome.plan.cells)} cells{note}: "
-                      f"{outcome.run_dir}")
-    if outcome.failed:
-        for failure in outcome.failed:
-            err_console.print(f"[bold red]failed[/bold red] {failure['estimator']} "
-                              f"{failure['settings']} {failure['hyperparams'] or ''} on "
-                              f"{failure['device']}: {failure['reason']}", highlight=False,
-                              soft_wrap=True)
-        err_console.print(f"{len(outcome.failed)} of {len(outcome.plan.cells)} cells failed "
-                          f"(listed in {store.run_json_path(outcome.run_dir)}); the others are "
-                          f"kept; after a fix, `{_resume_command(outcome.run_id)}` runs only "
-                          "the failed ones", highlight=False, soft_wrap=True)
-        raise typer.Exit(1)
+            outcome = execute_with_progress(request, out, resume, pool)
+        except KeyboardInterrupt as stop:
+            interrupted(stop, received.signum)
+    report_run(outcome, suite)
 
 
-def _resume_command(run_id: str) -> str:
-    """The command line that was run, with --resume RUN_ID (once)."""
-    import shlex
+@app.command("train")
+def train_command(
+    suite: Annotated[str, typer.Option("--suite", "-s", help="A trainable suite (see `bench "
+                                       "list`).")],
+    estimator: Annotated[list[str] | None, typer.Option(
+        "--estimator", "-e", help="Estimator to train with (repeatable); default: the suite's "
+        "choice, else every unbiased one that applies.")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps per trajectory.")] = 1000,
+    seeds: Annotated[int, typer.Option(help="Trajectories per estimator (seeds --seed, "
+                                       "--seed + 1, ...).")] = 3,
+    eval_every: Annotated[int, typer.Option(help="Steps between evaluation points.")] = 100,
+    lr: Annotated[float | None, typer.Option(
+        "--lr", help="Learning rate (default: the suite's, else 1e-3).")] = None,
+    optimizer: Annotated[str | None, typer.Option(
+        help="sgd or adam (default: the suite's, else adam).")] = None,
+    variance_draws: Annotated[int, typer.Option(
+        help="Gradient estimates per variance measurement (at each evaluation point).")] = 100,
+    refit_every: Annotated[int, typer.Option(
+        help="Steps between refits of an estimator's warm-up (relax's surrogate, a control "
+        "variate); counted as training.")] = 500,
+    basket: Annotated[bool, typer.Option(
+        "--basket", help="Also measure every listed estimator's variance at each trajectory's "
+        "evaluation points.")] = False,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="KEY=V1,V2 sets a suite setting (default: the first of its default grid) "
+        "or an estimator hyperparameter, as in bench run.")] = None,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    dtype: Annotated[str, typer.Option(help="float64 or float32.")] = "float64",
+    out: Annotated[Path, typer.Option(help="Results root folder.")] = Path("results"),
+    resume: Annotated[str | None, typer.Option(
+        help="Run id to complete: only its missing trajectories are trained.")] = None,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads.")] = 1,
+    executor: Annotated[str, typer.Option(
+        help="Where trajectories run: local, processes or dask (as bench run).")] = "local",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes for --executor processes or dask.")] = None,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler for --executor dask.")] = None,
+    plugin: PluginOption = None,
+) -> None:
+    """Train a suite's model with each estimator's gradients: objective, evaluations and gradient
+    variance along the trajectories; write parquet; print the final values."""
+    from gradbench.app import planning
+    from gradbench.app.executors import make_executor
+    from gradbench.app.process import configure
+    from gradbench.app.train_console import train
+    from gradbench.app.train_plan import TrainRequest
 
-    args = sys.argv[1:]
-    if not any(a == "--resume" or a.startswith("--resume=") for a in args):
-        args = [*args, "--resume", run_id]
-    return shlex.join(["bench", *args])
+    _check_threads(threads)
+    configure(threads)
+    plugins = _load_plugins(plugin)
+    pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
+                         plugins=plugins)
+    request = TrainRequest(
+        suite=suite, estimators=tuple(estimator or ()),
+        overrides=planning.parse_assignments(set_ or ()), steps=steps, seeds=seeds, seed=seed,
+        eval_every=eval_every, refit_every=refit_every, learning_rate=lr, optimizer=optimizer,
+        variance_draws=variance_draws, basket=basket, device=device, dtype=dtype)
+    with signals_as_interrupt() as received:
+        code = train(request, out, resume, pool, console, err_console, contextlib.nullcontext,
+                     resume_command)
+    if code:
+        # Interrupted: 128 + the signal, as bench run (130 for Ctrl-C, 143 for SIGTERM).
+        raise typer.Exit(128 + received.signum if code == 130 else code)
 
 
-class _sigterm_as_interrupt:
-    """`kill PID` (SIGTERM) ends a run like Ctrl-C: finished cells kept, resume command shown."""
-
-    def __enter__(self) -> None:
-        import signal
-
-        def interrupt(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
-
-        try:
-            self._old = signal.signal(signal.SIGTERM, interrupt)
-        except ValueError:  # not the main thread (e.g. called from a thread): leave it alone
-            self._old = None
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+def _check_threads(threads: int) -> None:
+    cores = os.cpu_count() or 1
+    if not 1 <= threads <= cores:
+        raise BenchError(f"--threads {threads}: give 1 to {cores} (this machine's CPU count)")
 
 
-def _value(value: object) -> str:
-    if isinstance(value, float):
-        return "" if value != value else f"{value:g}"
-    return str(value)
+def _whole(option: str, text: str) -> int:
+    """An integer option written as 4000, 1e6 or 9223372036854775807 (the settings' parser)."""
+    from gradbench.core.params import parse_value
 
-
-def _print_skipped(skipped) -> None:
-    """One line per reason: the estimators it excludes, and on how many settings each."""
-    by_reason: dict[str, dict[str, int]] = {}
-    for skip in skipped:
-        counts = by_reason.setdefault(skip.reason, {})
-        counts[skip.estimator] = counts.get(skip.estimator, 0) + 1
-    for reason, counts in sorted(by_reason.items()):
-        if len(set(counts.values())) == 1:  # the usual case: excluded on the same settings
-            count = next(iter(counts.values()))
-            each = " each" if len(counts) > 1 else ""
-            names = f"{', '.join(sorted(counts))} ({count} setting{'s' * (count > 1)}{each})"
-        else:
-            names = ", ".join(f"{name} ({n} settings)" for name, n in sorted(counts.items()))
-        console.print(f"[yellow]skipped[/yellow] {names}: not applicable: {reason}",
-                      highlight=False)
-
-
-def _print_nonfinite(frame) -> None:
-    if "nonfinite" in frame and frame["nonfinite"].sum() > 0:
-        bad = frame[frame["nonfinite"] > 0].groupby("estimator")["nonfinite"].sum()
-        for name, count in bad.items():
-            console.print(f"[yellow]warning[/yellow] {name}: {count} non-finite estimates "
-                          "(NaN/Inf) were excluded from the statistics")
-
-
-def _print_unreliable(frame) -> None:
-    """One line per cell with numbers not reliable at its n (marked ! in the table)."""
-    if "reliable" not in frame:
-        return
-    flagged = frame[~frame["reliable"].fillna(True).astype(bool)]
-    for (estimator, settings), part in flagged.groupby(["estimator", "settings"], sort=True):
-        worst = part.sort_values("samples_needed", ascending=False).iloc[0]
-        console.print(f"[yellow]not reliable at this n[/yellow] {estimator} {settings} "
-                      f"{worst['param']}: {worst['reliability_reason']}", highlight=False,
-                      soft_wrap=True)
+    try:
+        return parse_value(option, int, text)
+    except ValueError as error:
+        raise BenchError(str(error)) from None
 
 
 @app.command("show")
@@ -304,18 +309,23 @@ def show_command(
     results: Annotated[Path, typer.Argument(help="A results .parquet file or a results folder.")],
     format: Annotated[ShowFormat, typer.Option("--format", "-f")] = ShowFormat.table,
 ) -> None:
-    """Show results: a summary table, or every tidy row as CSV or JSON."""
-    from gradbench.app.table import summary_table
+    """Show results: every statistic ± SE per cell and parameter, or every tidy row as CSV or
+    JSON lines (full precision; seeds as strings)."""
+    from gradbench.app.table import constants_line, full_table
     from gradbench.results import store
 
     frame = store.read_results(results)
     if format is ShowFormat.table:
         for suite, part in frame.groupby("suite", sort=True):
-            console.print(summary_table(part, title=str(suite)))
+            constants = constants_line(part)
+            if constants:
+                console.print(constants, highlight=False)
+            console.print(full_table(part, title=str(suite)))
     elif format is ShowFormat.csv:
         frame.to_csv(sys.stdout, index=False)
     else:
-        sys.stdout.write(frame.to_json(orient="records", lines=True))
+        for line in json_lines(frame):
+            sys.stdout.write(line + "\n")
 
 
 @app.command("check")

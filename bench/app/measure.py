@@ -201,6 +201,22 @@ def _truths(problem: Problem, name: str, device: torch.device
     return truth, truth_se
 
 
+# Statistics that are finite whenever there are 2+ finite estimates (and, for the bias family, a
+# finite truth): NaN or Inf there means float64 overflowed inside the statistics.
+_ALWAYS_FINITE = ("mean", "mean_se", "variance", "variance_se", "std")
+_FINITE_WITH_TRUTH = ("bias", "bias_se", "mse", "mse_se")
+
+
+def overflowed(summary: Mapping[str, np.ndarray], truth: np.ndarray | None) -> list[str]:
+    """Per coordinate: the statistics that overflowed float64 although the estimates used were
+    finite (e.g. a variance of estimates near 1e300), comma-separated; "" where none did."""
+    enough = summary["n"] >= 2
+    known = np.isfinite(truth) if truth is not None else np.zeros_like(enough)
+    bad = [(k, ~np.isfinite(summary[k]) & enough) for k in _ALWAYS_FINITE]
+    bad += [(k, ~np.isfinite(summary[k]) & enough & known) for k in _FINITE_WITH_TRUTH]
+    return [",".join(k for k, flags in bad if flags[i]) for i in range(len(enough))]
+
+
 def _statistics_columns(cell: Cell, problem: Problem, measured: Measured,
                         device: torch.device) -> dict[str, list]:
     """Rows per parameter: `coord` rows for its first `coords` coordinates, then its `tensor`
@@ -226,6 +242,8 @@ def _statistics_columns(cell: Cell, problem: Problem, measured: Measured,
             None if truth_se is None else truth_se[:shown],
             at_columns(rare, name, slice(0, shown)),
             measured.tails.block_norms(index))
+        summary["overflow"] = overflowed(
+            summary, truth[:shown].cpu().numpy() if truth is not None else None)
         tail_column += tracked
         tensor = aggregate(uncertainty.select(measured.moments, block),
                            uncertainty.select_groups(measured.groups, block),
@@ -237,6 +255,9 @@ def _statistics_columns(cell: Cell, problem: Problem, measured: Measured,
             tensor.update({k: summary[k][0].item() if hasattr(summary[k][0], "item")
                            else summary[k][0] for k in _ONE_COORDINATE})
         _append(columns, _coordinate_block(name, size, shown, truth, truth_se, summary))
+        # A tensor row's mean and bias are its worst coordinate's (checked on that row).
+        tensor["overflow"] = ",".join(k for k in ("variance", "variance_se", "std")
+                                      if not math.isfinite(tensor[k]) and tensor["n"] >= 2)
         _append(columns, {"param": [name], "level": ["tensor"], "coord": [-1],
                           "truth_se": [tensor.pop("truth_se")],
                           "param_size": [tensor.pop("coords")],

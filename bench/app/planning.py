@@ -5,6 +5,8 @@ plus the pairs that do not apply, each with its reason."""
 from __future__ import annotations
 
 import itertools
+import math
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +25,8 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32}
 # Per-coordinate rows written per parameter (the first N coordinates; `tensor` rows always):
 # every coordinate of the default grids (up to 1000), not 2e5 rows for a Bayesian layer.
 DEFAULT_COORDS = 1000
+# Estimates are accumulated in float64 whatever the dtype (measure.chunk_size counts the same).
+BYTES_PER_VALUE = 8
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,11 @@ class Cell:
     def cell_id(self) -> str:
         return f"{self.cell_seed:016x}"
 
+    @property
+    def task_id(self) -> str:
+        """What executors key tasks by (bench train's trajectories have one too)."""
+        return self.cell_id
+
     def settings_dict(self) -> dict[str, Any]:
         return dict(self.settings)
 
@@ -83,6 +92,13 @@ class Plan:
     suite: str
     cells: list[Cell]
     skipped: list[Skip] = field(default_factory=list)
+    # The request in canonical form (values parsed, sorted, defaults filled in): two requests
+    # with the same record ask for the same cells (--resume compares these).
+    request: dict[str, Any] = field(default_factory=dict)
+    # Per cell id: the cost in coordinate-evaluations of f (warm-up included), for time
+    # estimates and the ETA; and the working memory of one estimate, in bytes.
+    work: dict[str, float] = field(default_factory=dict)
+    memory: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,7 +154,8 @@ def check_seed(seed: int) -> int:
 
 
 def plan(request: RunRequest) -> Plan:
-    """Validate a request and expand it into cells (and the pairs skipped, with reasons)."""
+    """Validate a request and expand it into cells (and the pairs skipped, with reasons).
+    Refuses (BenchError) a cell whose single estimate cannot fit in the device's memory."""
     suite = get_suite(request.suite)
     if request.dtype not in DTYPES:
         raise unknown_name("dtype", request.dtype, DTYPES)
@@ -156,24 +173,89 @@ def plan(request: RunRequest) -> Plan:
     setting_values, hyper_values = _split_overrides(suite, chosen, request.overrides)
     grid = [dict(zip(setting_values, combo, strict=True))
             for combo in itertools.product(*setting_values.values())]
-    cells: list[Cell] = []
-    skipped: list[Skip] = []
+    result = Plan(suite.name, [], request=_record(request, suite.name, samples, devices,
+                                                    setting_values, hyper_values))
+    limits = {device: memory_limit(device) for device in devices}
     for settings in grid:
         problem = _build(suite, settings, DTYPES[request.dtype])
         key = tuple(settings.items())
         for estimator in chosen:
             why_not = estimator.applicability(problem)
             if why_not is not None:
-                skipped.append(Skip(key, estimator.name, why_not))
+                result.skipped.append(Skip(key, estimator.name, why_not))
                 continue
             for hyper in _hyper_grid(estimator, hyper_values):
                 for device in devices:
-                    cells.append(Cell(suite.name, key, estimator.name, tuple(hyper.items()),
-                                      device, request.dtype, samples, request.seed,
-                                      suite.version, estimator.version, request.coords))
+                    cell = Cell(suite.name, key, estimator.name, tuple(hyper.items()), device,
+                                request.dtype, samples, request.seed, suite.version,
+                                estimator.version, request.coords)
+                    _cost(result, cell, estimator, problem, hyper, limits[device])
     if request.estimators:
-        _refuse_inapplicable(suite, chosen, skipped, len(grid))
-    return Plan(suite.name, cells, skipped)
+        _refuse_inapplicable(suite, chosen, result.skipped, len(grid))
+    return result
+
+
+def _record(request: RunRequest, suite: str, samples: int, devices: list[str],
+            settings: Mapping[str, list[Any]],
+            hypers: Mapping[tuple[str | None, str], list[Any]]) -> dict[str, Any]:
+    """The canonical form of a request: `k=0.0` and `k=0`, or `-e a -e b` and `-e b -e a`,
+    give the same record."""
+    return {
+        "suite": suite,
+        "estimators": sorted(set(request.estimators)),
+        "settings": {name: sorted(values) for name, values in sorted(settings.items())},
+        "hyperparams": {f"{scope}.{name}" if scope else name: sorted(values)
+                        for (scope, name), values in sorted(hypers.items(),
+                                                            key=lambda kv: str(kv[0]))},
+        "samples": samples,
+        "seed": request.seed,
+        "devices": sorted(devices),
+        "dtype": request.dtype,
+    }
+
+
+def _cost(result: Plan, cell: Cell, estimator: Estimator, problem: Problem,
+          hyper: Mapping[str, Any], limit_and_name: tuple[float, str]) -> None:
+    """Add `cell` to the plan with its work and memory, refusing it if one estimate cannot fit
+    in the memory of its device."""
+    coords = problem.numel
+    evals = estimator.evals_per_estimate(problem, hyper)
+    warmup = estimator.warmup_evals_total(problem, hyper)
+    need = estimator.memory_per_estimate(problem, hyper) * coords * BYTES_PER_VALUE
+    limit, where = limit_and_name
+    if need > limit:
+        settings = " ".join(f"{k}={v}" for k, v in (*cell.settings, *cell.hyperparams))
+        raise BenchError(
+            f"{cell.estimator} at {settings} needs at least {_bytes(need)} of working memory for "
+            f"one estimate ({coords:,} coordinates x its memory factor "
+            f"{estimator.memory_per_estimate(problem, hyper):g} x {BYTES_PER_VALUE} B), more "
+            f"than the {_bytes(limit)} {where}; use smaller settings or hyperparameters")
+    result.cells.append(cell)
+    result.work[cell.cell_id] = (cell.samples * evals + warmup) * coords
+    result.memory[cell.cell_id] = need
+
+
+def memory_limit(device: str) -> tuple[float, str]:
+    """The memory one estimate may use on `device`, and how to name that limit."""
+    if device.startswith("cuda"):
+        total = torch.cuda.mem_get_info(torch.device(device))[1]
+        return float(total), f"of {device}'s memory"
+    try:
+        with open("/proc/meminfo") as handle:
+            fields = dict(line.split(":", 1) for line in handle)
+        return float(fields["MemAvailable"].split()[0]) * 1024, "of memory available now"
+    except (OSError, KeyError, ValueError):
+        pages = os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+        size = pages * os.sysconf("SC_PAGE_SIZE") if pages else 0
+        return (float(size) if size > 0 else math.inf), "of physical memory"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:g} B"
 
 
 def _build(suite: Suite, settings: dict[str, Any], dtype: torch.dtype) -> Problem:

@@ -65,7 +65,11 @@ class CostGradient(Capability):
 @dataclass(frozen=True)
 class GaussianLinearLayer(Capability):
     """q is a mean-field Gaussian over the weights (and bias) of one linear map, and the cost
-    depends on them only through the pre-activations A = X W^T + b of a minibatch X.
+    depends on them only through the pre-activations A = X W^T + b of a minibatch X, as a sum
+    over the minibatch rows of per-row terms, f = sum_n f_n(A_n) (plus any direct term of the
+    parameters). The sum is what local reparameterization and Flipout need: they change the
+    joint distribution of the rows' pre-activations (independent rows; sign-decorrelated rows)
+    and keep only each row's marginal, so a cost that couples rows would be estimated biased.
 
     inputs: X [B, in].
     moments(params) -> (w_mean [.., out, in], w_std [.., out, in], b_mean [.., out] | None,
@@ -81,3 +85,45 @@ class GaussianLinearLayer(Capability):
     title: ClassVar[str] = "Gaussian linear layer"
     summary: ClassVar[str] = ("mean-field Gaussian weights of a linear map; f depends on them "
                               "only through the pre-activations X W^T + b")
+
+
+@dataclass(frozen=True)
+class BlockSeparableCost(Capability):
+    """q factorises into independent blocks along its first batch dimension (one block per data
+    point of a minibatch: q(z) = prod_n q_n(z_n)), and f(z) = sum_n f_n(z_n).
+
+    terms(z, params) -> [m, blocks] for z [m, *sample_shape]: row i holds f_n(z_i[n]) for every
+    block n (any weighting, e.g. 1/B for a minibatch mean, is inside the terms), so that
+    cost(z, params) = terms(z, params).sum(-1). E_q[f] is then a sum of one small expectation
+    per block: enumeration visits the states of one block (2^K for K binary latents), not the
+    joint states of all of them (2^(B K)).
+    """
+
+    terms: Callable[[Tensor, Params], Tensor]
+    title: ClassVar[str] = "block-separable cost"
+    summary: ClassVar[str] = ("q and f split into independent blocks (one per data point); "
+                              "expectations are per block")
+
+
+@dataclass(frozen=True)
+class NegativeELBO(Capability):
+    """The cost is a negative evidence lower bound with a Monte Carlo KL (Kingma & Welling's
+    L^A), over latents z ~ q (the problem's distribution):
+
+        cost(z, params) = -log_likelihood(z, params) - log_prior(z, params) + log_q(z, params)
+
+    each piece [m] for z [m, *sample_shape] and weighted as the cost is (e.g. a mean over a
+    minibatch's data points). log_q(z, params) is log q_params(z) itself, so with the parameters
+    detached it is the term sticking-the-landing keeps (Roeder et al. 2017). kl(params) is the
+    closed form of E_q[log_q - log_prior] with the same weighting ([] for the problem's own
+    parameters, [m] for per-sample copies), for the analytic-KL estimator (Kingma & Welling's
+    L^B). Pathwise differentiation of the cost itself is the MC-KL estimator (L^A).
+    """
+
+    log_likelihood: Callable[[Tensor, Params], Tensor]
+    log_prior: Callable[[Tensor, Params], Tensor]
+    log_q: Callable[[Tensor, Params], Tensor]
+    kl: Callable[[Params], Tensor]
+    title: ClassVar[str] = "negative ELBO"
+    summary: ClassVar[str] = ("f = -log p(x|z) - log p(z) + log q(z|x) with its pieces and the "
+                              "KL in closed form (MC-KL, analytic-KL, STL)")

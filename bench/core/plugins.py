@@ -68,11 +68,21 @@ def load_plugin(spec: str) -> ModuleType:
     try:
         return importlib.import_module(spec)
     except ModuleNotFoundError as error:
-        if error.name and spec.startswith(error.name):
-            raise ValueError(f"--plugin {spec}: no module named {error.name!r}; give an "
-                             "importable module (installed, or on PYTHONPATH) or a path to a "
-                             ".py file") from None
-        raise
+        missing = error.name or ""
+        if not spec.startswith(missing):
+            raise  # the plugin itself imports something that is missing: its own error
+    # Not importable as installed: look in the current folder too, as `python -m` would (a
+    # console script's sys.path does not include it). Workers start in the same folder.
+    here = str(Path.cwd())
+    if here not in sys.path:
+        sys.path.append(here)
+        try:
+            return importlib.import_module(spec)
+        except ModuleNotFoundError as error:
+            if not spec.startswith(error.name or ""):
+                raise
+    raise ValueError(f"--plugin {spec}: no module named {spec!r} (installed, on PYTHONPATH or "
+                     "in the current folder); give an importable module or a path to a .py file")
 
 
 def _load_file(path: Path) -> ModuleType:

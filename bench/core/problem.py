@@ -113,7 +113,10 @@ class Problem:
         known = _DEPENDS.get(self)
         if known is None:
             leaves = {k: v.detach().requires_grad_(True) for k, v in self.params.items()}
-            with torch.enable_grad():
+            # A forked generator: the probe's draw must not shift the draws of the estimator
+            # that asks (estimators ask from inside their seeded chunks).
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
                 draw = self.distribution(**leaves).sample((1,))
                 known = bool(self.cost(draw, leaves).requires_grad)
             _DEPENDS[self] = known

@@ -9,7 +9,12 @@ from dataclasses import dataclass
 
 from torch.distributions import Bernoulli, Normal, OneHotCategorical
 
-from gradbench.core.capabilities import Capability, DifferentiableCost, RelaxedCost
+from gradbench.core.capabilities import (
+    Capability,
+    DifferentiableCost,
+    NegativeELBO,
+    RelaxedCost,
+)
 from gradbench.core.enumeration import enumeration_refusal
 from gradbench.core.problem import Problem
 
@@ -81,3 +86,4 @@ has_log_prob = Requirement("log_prob", _has_log_prob)
 enumerable_support = Requirement("enumerable support", enumeration_refusal)
 differentiable_cost = Requirement.offers(DifferentiableCost)
 relaxed_cost = Requirement.offers(RelaxedCost)
+negative_elbo = Requirement.offers(NegativeELBO)

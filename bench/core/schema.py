@@ -53,7 +53,7 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("seed", "the run's base seed (64-bit integer)")),
     *_columns("metric", int,
               ("n", "finite estimates used (tensor rows: the fewest of any coordinate)"),
-              ("nonfinite", "NaN/Inf estimates excluded, plus statistics that overflowed"),
+              ("nonfinite", "NaN/Inf estimates excluded from the statistics"),
               ("param_size", "coordinates of the parameter tensor"),
               ("worst_coord", "tensor rows: the coordinate with the largest |bias| / bias_se, "
                               "whose mean, truth, bias and bias_se the row carries; -1 on coord "
@@ -99,6 +99,10 @@ COLUMNS: tuple[Column, ...] = tuple([
               ("seconds_per_estimate", "estimator wall time per estimate (statistics excluded)"),
               ("seconds_per_estimate_se", "its standard error over chunks"),
               ("estimates_per_second", "1 / seconds_per_estimate")),
+    *_columns("metric", str,
+              ("overflow", "statistics of this row that overflowed float64 although its "
+                           "estimates were finite (comma-separated, e.g. variance,std); empty "
+                           "if none")),
     *_columns("metadata", str,
               ("estimator_family", "the estimator's family"),
               ("device_name", "CPU model or GPU name"),
@@ -126,9 +130,106 @@ COLUMNS: tuple[Column, ...] = tuple([
 
 BY_NAME = {column.name: column for column in COLUMNS}
 KEY_COLUMNS = tuple(c.name for c in COLUMNS if c.role == "key")
+
+
+# ---------------------------------------------------------------- bench train's table
+
+# One row per (run, suite, settings, estimator, hyperparameters, device, dtype, seed, step,
+# variance_of): a point of a training trajectory, and the gradient variance measured there of the
+# trajectory's own estimator (one row) or, with --basket, of each listed estimator (one row each;
+# the step's other columns repeat). Settings and hyperparameters (the trajectory's estimator's)
+# are their own columns, as in the cells table.
+TRAINING_COLUMNS: tuple[Column, ...] = tuple([
+    *_columns("key", str,
+              ("run_id", "YYYYmmdd-HHMMSS-xxxxxx (UTC), unique per run"),
+              ("suite", "suite name"),
+              ("settings", "the trajectory's suite settings as canonical JSON (sorted keys)"),
+              ("estimator", "the estimator that trained the trajectory"),
+              ("hyperparams", "its hyperparameters as canonical JSON"),
+              ("device", "cpu or cuda[:N]"),
+              ("dtype", "float64 or float32"),
+              ("optimizer", "sgd or adam"),
+              ("variance_of", "the estimator whose gradient variance the row's variance columns "
+                              "hold: the trajectory's own, or (--basket) another listed one"),
+              ("variance_of_hyperparams", "its hyperparameters as canonical JSON")),
+    *_columns("key", int,
+              ("seed", "the trajectory's seed (--seed + 0, 1, ... --seeds - 1)"),
+              ("step", "optimizer steps taken (0: the initial parameters)"),
+              ("suite_version", "the suite's declared version"),
+              ("estimator_version", "the estimator's declared version"),
+              ("train_steps", "steps the trajectory runs in all"),
+              ("eval_every", "steps between evaluation points"),
+              ("refit_every", "steps between refits of an estimator's warm-up state"),
+              ("variance_draws", "gradient estimates per variance measurement"),
+              ("minibatch", "rows per training minibatch")),
+    Column("learning_rate", "key", float, "the optimizer's learning rate"),
+    *_columns("metric", float,
+              ("seconds", "training wall time so far: steps and refits, evaluation excluded"),
+              ("estimator_seconds", "the part of `seconds` spent inside estimator calls and "
+                                    "warm-up refits"),
+              ("problem_seconds", "the part of `seconds` spent by the trainer building "
+                                  "problems; the rest is bench train's own overhead"),
+              ("evals", "evaluations of f so far by training (steps and warm-up refits)"),
+              ("objective", "the training objective, minibatch estimate: mean of f over "
+                            "variance_draws draws on the fixed evaluation minibatch"),
+              ("objective_se", "its standard error"),
+              ("variance", "total gradient variance of one estimate (trace of the covariance, "
+                           "all parameter tensors) on the fixed evaluation minibatch"),
+              ("variance_se", "its standard error (exact iid formula, plug-in)"),
+              ("evals_per_estimate", "evaluations of f per estimate of variance_of")),
+    Column("own_variance", "metric", bool, "variance_of is the trajectory's own estimator"),
+    *_columns("metadata", str,
+              ("estimator_family", "the trajectory estimator's family"),
+              ("device_name", "CPU model or GPU name"),
+              ("objective_name", "what the objective is (the trainer's words)"),
+              ("evaluations", "the evaluation metrics in the trainer's order, as JSON: "
+                              "[{\"name\": str, \"higher_is_better\": bool}, ...]"),
+              ("trajectory_id", "the trajectory's id (its file name)"),
+              ("gradbench_version", "gradbench version"),
+              ("torch_version", "torch version"),
+              ("git_commit", "git commit of gradbench, when known"),
+              ("started_at", "when the run started (UTC, ISO 8601)"),
+              ("command", "the command line that made the run")),
+    *_columns("metadata", int,
+              ("trajectory_seed", "the trajectory's derived seed (63-bit)"),
+              ("diverged_at", "step whose gradient was not finite, which ended training early; "
+                              "-1 if none"),
+              ("schema_version", "version of this schema"),
+              ("threads", "torch intra-op threads")),
+    Column("unbiased", "metadata", bool, "whether the trajectory's estimator is unbiased"),
+])
+TRAINING_BY_NAME = {column.name: column for column in TRAINING_COLUMNS}
+
+# Column families of the training table whose members depend on the suite: `family[name]`, e.g.
+# `eval[test_nll]`, `variance[enc_weight]`. The brackets keep them apart from every setting or
+# hyperparameter (those are identifiers) and let any metric or parameter name through.
+TRAINING_FAMILIES = {
+    "eval": ("metric", "a metric of trainer.evaluate() at the step"),
+    "eval_se": ("metric", "its standard error (0 when exact)"),
+    "variance": ("metric", "gradient variance of one estimate for one parameter tensor (trace "
+                           "of its covariance), on the fixed evaluation minibatch"),
+    "variance_se": ("metric", "its standard error"),
+}
+
+
+def family_column(family: str, name: str) -> str:
+    """The training-table column of `name` in `family` (see TRAINING_FAMILIES)."""
+    if family not in TRAINING_FAMILIES:
+        raise ValueError(f"unknown training column family {family!r}")
+    return f"{family}[{name}]"
+
+
+def split_family_column(column: str) -> tuple[str, str] | None:
+    """(family, name) of a family column, or None for any other column."""
+    family, bracket, rest = column.partition("[")
+    if bracket and rest.endswith("]") and family in TRAINING_FAMILIES:
+        return family, rest[:-1]
+    return None
+
+
 # Every name a setting or hyperparameter must not take, lower-cased: DuckDB and other SQL tools
-# match column names case-insensitively, so `K` would collide with `k`.
-RESERVED = frozenset(name.lower() for name in BY_NAME)
+# match column names case-insensitively, so `K` would collide with `k`. Both tables count.
+RESERVED = frozenset(name.lower() for name in (*BY_NAME, *TRAINING_BY_NAME))
 
 
 # Settings and hyperparameters declared so far: lower-cased name -> (name, owner, role, type).
@@ -142,7 +243,7 @@ def declare(name: str, role: str, kind: type, owner: str) -> None:
     `dim`) with the same spelling and type. Raises ValueError."""
     lowered = name.lower()
     if lowered in RESERVED:
-        fixed = next(c for c in BY_NAME if c.lower() == lowered)
+        fixed = next(c for c in (*BY_NAME, *TRAINING_BY_NAME) if c.lower() == lowered)
         raise ValueError(f"{owner}: {role} name {name!r} collides with the results column "
                          f"{fixed!r}; rename it")
     if lowered in _DECLARED:

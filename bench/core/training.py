@@ -50,7 +50,14 @@ class Trainer(Protocol):
         initial()), and it must not keep references that later steps would mutate.
     evaluate(params, generator): named metrics at `params` (exact objective where enumerable or
         closed form, a held-out multi-sample bound, distance to a known optimum, ...), using only
-        `generator` for randomness so evaluations are reproducible.
+        `generator` for randomness so evaluations are reproducible. Their order is kept: the
+        first is the report's primary metric (the target of "steps to reach a target").
+
+    Optional attributes, read with getattr (a trainer without them gets bench train's defaults):
+    estimators: names of the estimators `bench train` uses when none are given (default:
+        every estimator registered as unbiased that applies).
+    learning_rate, optimizer ("sgd" or "adam"): the step size and optimizer the model trains
+        well with when --lr / --optimizer are not given (defaults 1e-3, "adam").
     """
 
     train_rows: int

@@ -142,7 +142,8 @@ def _jackknife_snr_mse(out: dict[str, np.ndarray], loo, truth: Tensor | None,
     t_se = (np.zeros(len(mse_se)) if truth_se is None
             else truth_se.detach().cpu().reshape(-1).numpy().astype(np.float64))
     # The truth's own SE (a reference truth) enters through 2 bias x truth_se, independent.
-    out["mse_se"] = np.sqrt(mse_se**2 + 4.0 * out["bias"] ** 2 * t_se**2)
+    with np.errstate(invalid="ignore", over="ignore"):  # an overflowed bias: NaN, reported
+        out["mse_se"] = np.sqrt(mse_se**2 + 4.0 * out["bias"] ** 2 * t_se**2)
 
 
 def select(moments: Moments, columns: slice | Tensor) -> Moments:

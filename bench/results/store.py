@@ -1,7 +1,11 @@
 """Tidy parquet results: the only code that reads or writes result files and run metadata.
 
     results/<run_id>/<cell_id>.parquet   one file per finished cell, written atomically
+    results/<run_id>/<trajectory_id>.parquet   bench train: one file per finished trajectory
     results/_runs/<run_id>.json          run metadata and the request (for --resume)
+    results/_runs/<run_id>/errors/<cell_id>.txt    the full story of a cell that failed
+    results/_runs/<run_id>/corrupt/<cell_id>.parquet   a cell file that did not read back on
+                                         --resume, moved aside (the cell is computed again)
 
 A run folder holds nothing but parquet, so every tool reads it as a dataset; run metadata lives
 outside every cells glob. Every file of one gradbench version has the same columns (the union
@@ -14,6 +18,7 @@ so any single file is self-describing.
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import platform
@@ -30,9 +35,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from gradbench.core.schema import SCHEMA_VERSION
+from gradbench.core.schema import SCHEMA_VERSION, split_family_column
 from gradbench.core.version import __version__
-from gradbench.results.schema import arrow_schema
+from gradbench.results.schema import (
+    TABLE_KEY,
+    TRAINING_TABLE,
+    arrow_schema,
+    training_arrow_schema,
+)
+from gradbench.results.validation import table_problem
 
 RUNS_DIR = "_runs"
 # Columns every gradbench results file has; a file without them is not gradbench results.
@@ -48,6 +59,14 @@ ROW_METADATA = ("run_id", "schema_version", "gradbench_version", "torch_version"
 
 class ResultsError(ValueError):
     """Files that are not readable gradbench results, or an unwritable results folder."""
+
+
+class RunMetadataMissing(ResultsError):
+    """A run folder without its metadata file (a copied folder, or a lone file)."""
+
+
+class StorageFull(ResultsError):
+    """Writing failed for lack of space (or quota): what was written before is intact."""
 
 
 def canonical_json(values: Mapping[str, Any]) -> str:
@@ -149,16 +168,49 @@ def run_json_path(run_dir: Path) -> Path:
     return run_dir.parent / RUNS_DIR / f"{run_dir.name}.json"
 
 
+def run_files_dir(run_dir: Path) -> Path:
+    """The run's own folder in the metadata area: <root>/_runs/<run_id>/ (errors, corrupt)."""
+    return run_dir.parent / RUNS_DIR / run_dir.name
+
+
+def writing(path: Path, error: OSError) -> ResultsError:
+    """A one-line error for a failed write; StorageFull when the disk or a quota is full."""
+    reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"cannot write {path}: {reason}; free some space (or choose another "
+                           "--out)")
+    return ResultsError(f"cannot write {path}: {reason}")
+
+
 def write_run_json(run_dir: Path, meta: Mapping[str, Any]) -> None:
-    atomic_write_bytes(run_json_path(run_dir),
-                       json.dumps(meta, indent=2, default=str).encode())
+    path = run_json_path(run_dir)
+    try:
+        atomic_write_bytes(path, json.dumps(meta, indent=2, default=str).encode())
+    except OSError as error:
+        raise writing(path, error) from None
+
+
+def write_error(run_dir: Path, cell_id: str, text: str) -> Path | None:
+    """Keep a failed cell's full traceback (or crash report) in the metadata area; its path, or
+    None if even that cannot be written (the one-line reason is in the run's JSON anyway)."""
+    path = run_files_dir(run_dir) / "errors" / f"{cell_id}.txt"
+    try:
+        atomic_write_bytes(path, text.encode())
+    except OSError:
+        return None
+    return path
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """A run's metadata. RunMetadataMissing if it has none; ResultsError if it is unreadable or
+    not a JSON object."""
     path = run_json_path(run_dir)
+    if not path.is_file():
+        raise RunMetadataMissing(f"{run_dir} is not a gradbench run (no {path}); give a run id "
+                                 "that `bench run` printed")
     try:
         meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ResultsError(f"{run_dir} is not a gradbench run (no readable {path}: {error}); "
                            "give a run id that `bench run` printed") from None
     if not isinstance(meta, dict):
@@ -183,11 +235,15 @@ def cell_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa.Table
 
 def write_cell(run_dir: Path, cell_id: str, columns: Mapping[str, list],
                meta: Mapping[str, Any]) -> Path:
-    """Write one finished cell's rows atomically (temp file + rename): no half-written files."""
+    """Write one finished cell's rows atomically (temp file + rename): no half-written files.
+    A failed write raises ResultsError (StorageFull for a full disk)."""
     sink = pa.BufferOutputStream()
     pq.write_table(cell_table(columns, meta), sink, compression="zstd")
     path = run_dir / f"{cell_id}.parquet"
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    try:
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    except OSError as error:
+        raise writing(path, error) from None
     return path
 
 
@@ -199,7 +255,46 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def finished_cells(run_dir: Path) -> set[str]:
+    """The cell files in a run folder, by name (not checked: see `checked_cells`)."""
     return {p.stem for p in run_dir.glob("*.parquet")} if run_dir.is_dir() else set()
+
+
+def cell_file_problem(path: Path) -> str | None:
+    """Why a cell file does not read back as the cell it is named after, or None.
+
+    Reads the footer and the cell_id column: a truncated or overwritten file fails here
+    (atomic writes never leave one, but disks, copies and people can)."""
+    try:
+        table = pq.read_table(path, columns=["cell_id"])
+    except (pa.ArrowException, OSError, KeyError) as error:
+        return f"does not read back ({_first_line(error)})"
+    if table.num_rows == 0:
+        return "holds no rows"
+    ids = set(table.column("cell_id").to_pylist())
+    if ids != {path.stem}:
+        return f"holds cell {sorted(map(str, ids))[0]}, not {path.stem}"
+    return None
+
+
+def checked_cells(run_dir: Path) -> tuple[set[str], dict[str, str]]:
+    """(cells whose files read back, {cell_id: why not} for the others)."""
+    good, bad = set(), {}
+    for cell_id in sorted(finished_cells(run_dir)):
+        problem = cell_file_problem(run_dir / f"{cell_id}.parquet")
+        if problem is None:
+            good.add(cell_id)
+        else:
+            bad[cell_id] = problem
+    return good, bad
+
+
+def set_aside(run_dir: Path, cell_id: str) -> Path:
+    """Move a cell file that does not read back out of the run folder (into the metadata area,
+    kept for inspection), so that the cell is computed again."""
+    target = run_files_dir(run_dir) / "corrupt" / f"{cell_id}.parquet"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(run_dir / f"{cell_id}.parquet", target)
+    return target
 
 
 def result_files(path: Path) -> list[Path]:
@@ -227,18 +322,101 @@ def _read_tables(path: Path) -> Iterable[pa.Table]:
     if not files:
         raise ResultsError(f"{path} holds no .parquet results; run `bench run --suite NAME` "
                            "first")
+    training = [file for file in files if is_training_file(file)]
+    if len(training) == len(files):
+        raise ResultsError(f"{path} holds only training trajectories (bench train), no cells "
+                           "of `bench run`; `bench report` draws them")
     for file in files:
+        if file in training:
+            continue
         try:
             table = pq.read_table(file)
-        except (pa.ArrowInvalid, OSError) as error:
-            raise ResultsError(f"{file} is not a readable parquet file ({error}); give "
-                               "gradbench results written by `bench run`") from None
+        except (pa.ArrowException, OSError) as error:
+            raise ResultsError(f"{file} is not a readable parquet file ({_first_line(error)}); "
+                               f"{_fix_for(file)}") from None
         missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
         if missing:
             raise ResultsError(f"{file} is not gradbench results of schema {SCHEMA_VERSION} "
                                f"(missing columns: {', '.join(missing)}); regenerate it with "
                                "`bench run`")
+        problem = table_problem(table)
+        if problem:
+            raise ResultsError(f"{file} is not gradbench results: {problem}; regenerate it "
+                               "with `bench run`")
         yield table
+
+
+# ---------------------------------------------------------------- bench train's trajectories
+
+
+def is_training_file(path: Path) -> bool:
+    """Whether a parquet file holds a bench train trajectory (its schema says so); unreadable
+    files are not, and fail later where they are read."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (pa.ArrowInvalid, OSError):
+        return False
+    return metadata.get(TABLE_KEY) == TRAINING_TABLE
+
+
+def trajectory_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa.Table:
+    """One trajectory's rows as an Arrow table in the training schema (absent columns null);
+    its `family[name]` columns (gradbench.core.schema.TRAINING_FAMILIES) in the order given."""
+    rows = len(columns["step"])
+    values = {**metadata_columns(meta, rows), **columns}
+    schema = training_arrow_schema([c for c in columns if split_family_column(c) is not None])
+    unknown = sorted(set(values) - set(schema.names))
+    if unknown:
+        raise ValueError(f"columns {unknown} are not in the training schema")
+    arrays = [pa.array(values[f.name], type=f.type) if f.name in values
+              else pa.nulls(rows, type=f.type) for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_trajectory(run_dir: Path, trajectory_id: str, columns: Mapping[str, list],
+                     meta: Mapping[str, Any]) -> Path:
+    """Write one finished trajectory's rows atomically, as write_cell does for a cell."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(trajectory_table(columns, meta), sink, compression="zstd")
+    path = run_dir / f"{trajectory_id}.parquet"
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    return path
+
+
+finished_trajectories = finished_cells  # the same rule: one file per finished task
+
+
+def training_files(*paths: Path | str) -> list[Path]:
+    """The trajectory files among results files and folders."""
+    return [file for path in paths for file in result_files(Path(path))
+            if is_training_file(file)]
+
+
+def read_training(*paths: Path | str) -> pd.DataFrame:
+    """Read bench train trajectories from parquet files and/or folders into one tidy DataFrame
+    (cells files of bench run among them are skipped)."""
+    files = training_files(*paths)
+    if not files:
+        raise ResultsError(f"{', '.join(map(str, paths))} hold no training trajectories; run "
+                           "`bench train --suite NAME` first")
+    tables = []
+    for file in files:
+        try:
+            tables.append(pq.read_table(file))
+        except (pa.ArrowInvalid, OSError) as error:
+            raise ResultsError(f"{file} is not a readable parquet file ({error})") from None
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
+def _fix_for(file: Path) -> str:
+    """What to do about a cell file that does not read: resume its run, which recomputes it."""
+    if file.parent.parent.joinpath(RUNS_DIR, f"{file.parent.name}.json").is_file():
+        return (f"`bench run ... --resume {file.parent.name}` (the run's command, shown in "
+                f"{run_json_path(file.parent)}) sets it aside and computes the cell again")
+    return "give gradbench results written by `bench run`"
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def command_line() -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,14 @@ from gradbench.app.report.summaries import (
     primary_platform,
     summarize,
 )
-from gradbench.results.store import prepare_out
+from gradbench.app.report.training_section import (
+    TrainingSection,
+    section_html,
+    section_markdown,
+    training_sections,
+)
+from gradbench.app.report.training_summaries import load_training
+from gradbench.results.store import is_training_file, prepare_out, result_files
 
 
 def default_out(frame: pd.DataFrame) -> Path:
@@ -39,10 +46,14 @@ def default_out(frame: pd.DataFrame) -> Path:
 def build_report(paths: Sequence[Path], out: Path | None = None) -> Path:
     """Read results, write figures + index.html + report.md + CSVs into `out`; return it."""
     paths = [Path(p) for p in paths]
+    training = load_training(paths)  # bench train's trajectories, if any are among the paths
+    trained = [] if training is None else [*training["estimator"], *training["variance_of"]]
+    if training is not None and not _has_cells(paths):
+        return _training_report(paths, training, out, figs.estimator_styles(trained))
     frame, superseded = load(paths)
     summary = summarize(frame)
     out = prepare_out(Path(out) if out is not None else default_out(frame))
-    styles = figs.estimator_styles(summary["estimator"])
+    styles = figs.estimator_styles([*summary["estimator"], *trained])
     skipped = skipped_from_run_files(paths)
     sections = [
         suite_section(str(suite), part, out, styles, skipped.get(str(suite), {}))
@@ -55,8 +66,37 @@ def build_report(paths: Sequence[Path], out: Path | None = None) -> Path:
     pd.concat(boards, ignore_index=True).to_csv(out / "leaderboard.csv", index=False,
                                                  float_format="%.6g")
     context = _Context(paths, frame, summary, superseded, styles, sections)
+    if training is not None:
+        training.to_csv(out / "training.csv", index=False, float_format="%.6g")
+        context.training = training_sections(training, out, styles)
     (out / "index.html").write_text(_html(context), encoding="utf-8")
     (out / "report.md").write_text(_markdown(context), encoding="utf-8")
+    return out
+
+
+def _has_cells(paths: Sequence[Path]) -> bool:
+    return any(not is_training_file(f) for path in paths for f in result_files(path))
+
+
+def _training_report(paths: Sequence[Path], training: pd.DataFrame, out: Path | None,
+                     styles: Any) -> Path:
+    """A report of bench train's results alone: the training sections on their own page."""
+    out = prepare_out(Path(out) if out is not None else default_out(training))
+    training.to_csv(out / "training.csv", index=False, float_format="%.6g")
+    sections = training_sections(training, out, styles)
+    source = (f"Generated {_now()} from {len(training):,} training rows "
+              f"({training['run_id'].nunique()} run(s)): {', '.join(map(str, paths))}. "
+              "training.csv holds the rows.")
+    page = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+            "<title>gradbench report: training</title>", f"<style>{_CSS}</style></head><body>",
+            "<h1>gradbench report: training</h1>", f'<p class="note">{html.escape(source)}</p>',
+            *[part for section in sections for part in section_html(section)],
+            "</body></html>"]
+    (out / "index.html").write_text("\n".join(page), encoding="utf-8")
+    lines = ["# gradbench report: training", "", source, ""]
+    for section in sections:
+        lines += section_markdown(section, markdown_table)
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return out
 
 
@@ -68,6 +108,7 @@ class _Context:
     superseded: int
     styles: Any
     sections: list[SuiteSection]
+    training: list[TrainingSection] = field(default_factory=list)
 
 
 def _runs_table(frame: pd.DataFrame) -> pd.DataFrame:
@@ -109,7 +150,7 @@ def _overview(context: _Context) -> pd.DataFrame:
 def _estimators(context: _Context) -> list[dict[str, str]]:
     summary = context.summary
     out = []
-    for name in sorted(context.styles):
+    for name in sorted(set(summary["estimator"].astype(str))):  # styles also cover training
         rows = summary[summary["estimator"] == name]
         color = context.styles[name].color
         out.append({
@@ -162,7 +203,9 @@ def _html(context: _Context) -> str:
         f"({frame['run_id'].nunique()} run(s)): {e(', '.join(map(str, context.paths)))}."
         + (f" {context.superseded:,} rows superseded by later runs of the same cells were "
            "left out." if context.superseded else "") + "</p>",
-        "<nav>" + "".join(f'<a href="#{slug(s)}">{e(s)}</a>' for s in suites) + "</nav>",
+        "<nav>" + "".join(f'<a href="#{slug(s)}">{e(s)}</a>' for s in suites)
+        + "".join(f'<a href="#{t.anchor}">training: {e(t.suite)}</a>' for t in context.training)
+        + "</nav>",
         "<h2>How to read this report</h2>", f"<p>{e(_READING)}</p>",
         "<h2>Overview: leaderboard wins</h2>",
         "<p class='note'>Per suite: how many (setting, parameter) pairs each estimator wins at a "
@@ -181,6 +224,8 @@ def _html(context: _Context) -> str:
     parts += ["<h2>Runs</h2>", _runs_table(frame).to_html(index=False, border=0)]
     for section in context.sections:
         parts += _html_section(section)
+    for training in context.training:
+        parts += section_html(training)
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -265,6 +310,8 @@ def _markdown(context: _Context) -> str:
         lines += ["### Figures", ""]
         for info, caption in section.figures:
             lines += [f"![{info.title}]({info.path.name})", "", f"*{caption}*", ""]
+    for training in context.training:
+        lines += section_markdown(training, markdown_table)
     return "\n".join(lines)
 
 

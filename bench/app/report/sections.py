@@ -21,7 +21,7 @@ from gradbench.app.report.summaries import (
 )
 from gradbench.app.table import fmt
 from gradbench.results import decisions
-from gradbench.results.store import read_run_json, result_files
+from gradbench.results.store import RunMetadataMissing, read_run_json, result_files
 
 
 @dataclass
@@ -197,7 +197,9 @@ def skipped_from_run_files(paths: Sequence[Path]) -> dict[str, dict[str, dict[st
     for run_dir in sorted(run_dirs):
         try:
             meta = read_run_json(run_dir)
-        except ValueError:  # a lone file or a copied folder: no metadata to read
+        except RunMetadataMissing:  # a lone file or a copied folder: no metadata to read
+            continue
+        if meta.get("kind") == "train":  # bench train's skips are not cells' (its own section)
             continue
         suite = str(meta.get("request", {}).get("suite", ""))
         for skip in meta.get("skipped", []) or []:

@@ -1,0 +1,1 @@
+"""This project's own estimators (a generic package name, on purpose)."""

@@ -1,0 +1,1 @@
+"""This project's own suites (a generic package name, on purpose)."""
