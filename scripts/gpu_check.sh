@@ -39,6 +39,6 @@ step rate timeout 100 "$py" scripts/gpu_rate.py --samples '2**32'
 step run timeout 120 "$py" -m gradbench.app.cli run --suite gaussian-quadratic $devices \
     --out "$results"
 step consistency timeout 30 "$py" scripts/gpu_consistency.py "$results"
-step benchmarks timeout 100 "$py" -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
-    -k "dim1- or bernoulli"
+step benchmarks timeout 120 "$py" -m pytest -q -p no:cacheprovider benchmarks --benchmark-only \
+    -k "cuda and (dim1- or bernoulli)"
 exit $status
