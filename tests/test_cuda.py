@@ -44,6 +44,29 @@ def test_cuda_cell_agrees_with_cpu(estimator, dtype):
         assert abs(gpu["bias"][i]) < 5 * gpu["bias_se"][i], (estimator, i)
 
 
+@pytest.mark.parametrize("estimator", ["score-function", "arm", "disarm"])
+@pytest.mark.parametrize("dim", [1, 20])
+def test_cuda_discrete_cell_agrees_with_cpu(estimator, dim):
+    # Discrete cells add what Gaussian ones do not: rare-state reliability (enumerated on the
+    # cell's device) and Bernoulli draws.
+    settings = (("theta", 2.0), ("t", 0.45), ("dim", dim))
+
+    hyper = tuple((h.name, h.default) for h in get_estimator(estimator).hyperparams.values())
+
+    def bernoulli(device: str) -> dict:
+        return measure.run_cell(planning.Cell("bernoulli-toy", settings, estimator, hyper,
+                                              device, "float64", 100_000, 0))
+
+    cpu, gpu = bernoulli("cpu"), bernoulli("cuda")
+    assert gpu["device"][0] == "cuda" and len(gpu["mean"]) == len(cpu["mean"])
+    for i in range(len(cpu["mean"])):
+        if cpu["level"][i] != "coord":
+            continue  # a tensor row's mean is the coordinate it selects as worst
+        se = math.hypot(cpu["mean_se"][i], gpu["mean_se"][i])
+        assert abs(cpu["mean"][i] - gpu["mean"][i]) < 5 * se, (estimator, i)
+        assert abs(gpu["bias"][i]) < 5 * gpu["bias_se"][i], (estimator, i)
+
+
 def test_no_host_round_trip_per_chunk():
     # The fused pathwise path, 8 chunks vs 40: the host syncs (the problem's one-off setup, the
     # first chunk's shift check, timing read-back, the summary's copies to the host) are the

@@ -62,8 +62,9 @@ def _states(kurtosis: Tensor) -> RareStates:
     with torch.no_grad():
         excess = kurtosis - 1.0
         p_eff = torch.where(excess > 0, 1.0 / excess.clamp(min=1e-300), math.inf)
-    return RareStates(probability=torch.where(torch.isnan(kurtosis), math.nan, p_eff).numpy(),
-                      kurtosis=kurtosis.numpy())
+        probability = torch.where(torch.isnan(kurtosis), math.nan, p_eff)
+    # On the host: the verdicts are numpy (a CUDA cell computes its states on the GPU).
+    return RareStates(probability=probability.cpu().numpy(), kurtosis=kurtosis.cpu().numpy())
 
 
 def _joint(problem: Problem) -> dict[str, RareStates]:
