@@ -36,10 +36,11 @@ def main() -> None:
                  with_stack=True) as prof:
         measure.run_cell(cell)
         torch.cuda.synchronize()
-    averages = prof.key_averages()
-    print(averages.table(sort_by="self_cuda_time_total", row_limit=args.rows))
-    print(prof.key_averages(group_by_stack_n=4).table(sort_by="self_cuda_time_total",
-                                                       row_limit=args.rows))
+    for averages in (prof.key_averages(), prof.key_averages(group_by_stack_n=5)):
+        try:
+            print(averages.table(sort_by="self_device_time_total", row_limit=args.rows))
+        except (AttributeError, KeyError, ValueError):  # older torch: the CUDA-named key
+            print(averages.table(sort_by="self_cuda_time_total", row_limit=args.rows))
 
 
 if __name__ == "__main__":
