@@ -266,3 +266,16 @@ def declare(name: str, role: str, kind: type, owner: str) -> None:
 def declared_columns() -> dict[str, tuple[str, type]]:
     """Every setting and hyperparameter column declared so far: name -> (role, type)."""
     return {name: (role, kind) for name, _, role, kind in _DECLARED.values()}
+
+
+def markdown_table(columns: tuple[Column, ...], families: dict[str, tuple[str, str]] | None = None
+                   ) -> str:
+    """The declared columns as a markdown table (README's schema section is this, verbatim:
+    tests/test_readme.py keeps the two equal; scripts/schema_table.py rewrites it)."""
+    lines = ["| column | role | type | meaning |", "|---|---|---|---|"]
+    for column in columns:
+        text = column.description.replace("|", "\\|")
+        lines.append(f"| `{column.name}` | {column.role} | {column.type.__name__} | {text} |")
+    for family, (role, text) in (families or {}).items():
+        lines.append(f"| `{family}[NAME]` | {role} | float | {text.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
