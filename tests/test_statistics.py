@@ -1,7 +1,7 @@
-"""bench.statistics: streaming moments against independent numpy/scipy and long-double references,
-chunking and merge-order invariance, non-finite handling, edge cases, and calibration of the
-reported standard errors against the spread of replicated estimates. Every random draw comes
-from a fixed seed; every tolerance is derived in the comment next to it, not tuned."""
+"""bench.statistics: streaming moments against independent numpy/scipy and long-double references
+(moments_reference), chunking and merge-order invariance, non-finite handling and edge cases.
+The calibration of the reported standard errors is in test_statistics_calibration. Every random
+draw comes from a fixed seed; every tolerance is derived in the comment next to it, not tuned."""
 
 from __future__ import annotations
 
@@ -13,108 +13,17 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 import torch
-from scipy import stats
-from torch import Tensor
+from moments_reference import (
+    EPS,
+    assert_matches_reference,
+    assert_within,
+    long_double_moments,
+    reference_summary,
+    rounding_scale,
+    varied_columns,
+)
 
 from gradbench.core.moments import SUMMARY_KEYS, Moments
-
-EPS = float(np.finfo(np.float64).eps)
-
-
-# ----------------------------------------------------------------------------------- references
-
-
-def reference_summary(
-    x: np.ndarray, truth: np.ndarray | None = None, truth_se: np.ndarray | None = None
-) -> dict[str, np.ndarray]:
-    """summarize() recomputed with numpy/scipy, the snr SE in a different algebraic form (the
-    standardised Lo/Mertens one: (1 - snr * skew + snr^2 * n Var(s^2) / (4 s^4)) / n)."""
-    n = x.shape[0]
-    mean = x.mean(0)
-    var = x.var(0, ddof=1)
-    sd = np.sqrt(var)
-    mu3 = stats.moment(x, order=3, axis=0)
-    mu4 = stats.moment(x, order=4, axis=0)
-    var_var = np.maximum(mu4 - (n - 3) / (n - 1) * var**2, 0.0) / n
-    snr = np.abs(mean) / sd
-    snr_var = (1 - np.sign(mean) * snr * mu3 / sd**3 + snr**2 * n * var_var / var**2 / 4) / n
-    out = {
-        "n": np.full(x.shape[1], n),
-        "mean": mean,
-        "mean_se": np.sqrt(var / n),
-        "variance": var,
-        "variance_se": np.sqrt(var_var),
-        "std": sd,
-        "snr": snr,
-        "snr_se": np.sqrt(snr_var),
-    }
-    if truth is not None:
-        t_se = np.zeros_like(truth) if truth_se is None else truth_se
-        bias = mean - truth
-        out["bias"] = bias
-        out["bias_se"] = np.sqrt(var / n + t_se**2)
-        out["mse"] = bias**2 + var
-        out["mse_se"] = np.sqrt(4 * bias**2 * (var / n + t_se**2) + var_var + 4 * bias * mu3 / n)
-    return out
-
-
-def long_double_moments(x: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(mean, M2, M3, M4) per column in extended precision (64-bit mantissa on x86): more accurate
-    than any float64 computation, so it judges one-pass and merged results alike."""
-    xl = x.astype(np.longdouble)
-    mean = xl.mean(0)
-    d = xl - mean
-    return tuple(
-        np.asarray(v, dtype=np.float64) for v in (mean, (d**2).sum(0), (d**3).sum(0), (d**4).sum(0))
-    )
-
-
-def varied_columns(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A huge offset, a skewed column, a small spread around an offset, a plain normal."""
-    return np.stack(
-        [
-            1e8 + rng.standard_normal(n),
-            rng.exponential(2.0, size=n),
-            -7.0 + 1e-3 * rng.standard_normal(n),
-            rng.standard_normal(n),
-        ],
-        axis=1,
-    )
-
-
-def rounding_scale(x: np.ndarray) -> np.ndarray:
-    """Per column, eps * (1 + |mean| / std): one rounding of the mean, in units of std.
-
-    A mean off by r shifts M_k by about k * r * M_(k-1), i.e. by k * r / std in units of
-    n * std^k; so this is also the error scale of the standardised moment sums M_k / (n std^k).
-    """
-    return EPS * (1.0 + np.abs(x.mean(0)) / x.std(0))
-
-
-def assert_within(got: np.ndarray, expected: np.ndarray, tol: np.ndarray, what: str) -> None:
-    err = np.abs(np.asarray(got, dtype=np.float64) - np.asarray(expected, dtype=np.float64))
-    assert np.all(err <= tol), f"{what}: error {err} exceeds tolerance {tol}"
-
-
-def assert_matches_reference(got: dict, ref: dict, x: np.ndarray) -> None:
-    """Tolerances: numpy sums pairwise, so its mean is off by at most ~log2(n) eps |mean| (<= 16
-    roundings for n <= 65536), ours by a few roundings; two implementations -> 32 roundings.
-    - mean, bias: absolutely, 32 * rounding_scale * std.
-    - Quantities built from mean and M2 only (M2 is insensitive to the centre at first order:
-      dM2/dmean = -2 M1 = 0): relative 64 eps, the summation error of the centred sums.
-    - Quantities that use M3 or M4 (first order in the centre's error, k <= 4): relative
-      4 * 32 * rounding_scale; mse also, through bias^2, whose error is 2 |bias| * 32 r.
-    """
-    scale = rounding_scale(x)
-    sd = x.std(0)
-    np.testing.assert_array_equal(got["n"], ref["n"])
-    for key, expected in ref.items():
-        if key in ("mean", "bias"):
-            assert_within(got[key], expected, 32 * scale * sd, key)
-        elif key in ("mean_se", "variance", "std", "snr", "bias_se"):
-            assert_within(got[key], expected, 64 * EPS * np.abs(expected), key)
-        elif key in ("variance_se", "snr_se", "mse_se", "mse"):
-            assert_within(got[key], expected, 128 * scale * np.abs(expected), key)
 
 
 @pytest.fixture
@@ -377,147 +286,3 @@ def test_constant_coordinates() -> None:
             for m in (Moments.of(col), Moments.merge_all(Moments.of(c) for c in col.split(10))):
                 assert m.mean.item() == value, (value, n)
                 assert m.m2.item() == m.m3.item() == m.m4.item() == 0.0, (value, n)
-
-
-# ------------------------------------------------------------------------------- calibration
-
-# name: (draw [n, R] float64 with a generator, mean, variance, mu3, mu4)
-DISTRIBUTIONS: dict[
-    str, tuple[Callable[[int, int, torch.Generator], Tensor], float, float, float, float]
-] = {
-    "normal": (
-        lambda n, r, g: 1.0 + 2.0 * torch.randn(n, r, generator=g, dtype=torch.float64),
-        1.0,
-        4.0,
-        0.0,
-        48.0,
-    ),
-    "exponential": (
-        lambda n, r, g: torch.empty(n, r, dtype=torch.float64).exponential_(1.0, generator=g),
-        1.0,
-        1.0,
-        2.0,
-        9.0,
-    ),
-}
-
-
-@pytest.mark.parametrize("name", sorted(DISTRIBUTIONS))
-def test_standard_errors_match_the_spread_of_replicates(name: str) -> None:
-    """R independent datasets of n samples (one Moments call over [n, R]): the standard deviation
-    over replicates of mean, variance, snr and mse is what mean_se, variance_se, snr_se and
-    mse_se claim it is, (a) evaluated at the population moments and (b) as reported from each
-    dataset (root mean square over replicates)."""
-    draw, mu, var, mu3, mu4 = DISTRIBUTIONS[name]
-    n, r = 100, 4000
-    kurt = mu4 / var**2
-    truth = mu - 0.3 * math.sqrt(var)  # a non-zero bias, so mse_se's bias terms matter
-    x = draw(n, r, torch.Generator().manual_seed(8))
-    got = Moments.of(x).summarize(torch.tensor(truth, dtype=torch.float64))
-    # The SE formulas fed with the population moments: n samples whose s^2, M3/n, M4/n are
-    # exactly var, mu3, mu4.
-    f64 = {"dtype": torch.float64}
-    population = Moments(
-        count=torch.tensor([n]),
-        mean=torch.tensor([mu], **f64),
-        m2=torch.tensor([(n - 1) * var], **f64),
-        m3=torch.tensor([n * mu3], **f64),
-        m4=torch.tensor([n * mu4], **f64),
-        nonfinite=torch.tensor([0]),
-    ).summarize(torch.tensor(truth, dtype=torch.float64))
-
-    for stat in ("mean", "variance", "snr", "mse"):
-        values, ses = got[stat], got[f"{stat}_se"]
-        spread = values.std(ddof=1)
-        # Noise: the sample variance of R replicates has relative SD sqrt((k - 1) / R), k the
-        # kurtosis of the replicated statistic (2/R for a normal one, i.e. 1/sqrt(2R) on the SD
-        # scale); on log SD that halves. Likewise for the mean of R reported SE^2. The two are
-        # correlated, so their SDs add (a bound whatever the correlation). 4 SDs each.
-        noise_spread = 0.5 * math.sqrt((stats.kurtosis(values, fisher=False) - 1) / r)
-        noise_reported = 0.5 * (ses**2).std(ddof=1) / math.sqrt(r) / (ses**2).mean()
-        # (a) mean_se and variance_se are exact at the population moments (Var(mean) = s^2/n
-        # and Var(s^2) = (mu4 - (n-3)/(n-1) sigma^4)/n hold exactly for iid data): no bias.
-        # snr_se and mse_se are first-order delta-method results; the dropped second-order
-        # terms are of relative size Var(s^2)/sigma^4 ~ (kurt - 1)/n.
-        delta_bias = 0.0 if stat in ("mean", "variance") else (kurt - 1) / n
-        log_ratio = math.log(population[f"{stat}_se"][0] / spread)
-        assert abs(log_ratio) <= 4 * noise_spread + delta_bias, (stat, log_ratio)
-        # (b) Reported SEs replace sigma^2, mu3, mu4 by sample moments. E[mean_se^2] = sigma^2/n
-        # exactly: no bias. For variance_se^2, expanding E[M4/n] and E[s^4] to O(1/n) gives
-        # the relative bias -(5 kurt - 7)/((kurt - 1) n), half that on the log SE (-2% normal,
-        # -2.4% exponential at n = 100); we allow twice the half. snr_se and mse_se add the
-        # plug-in of mu3 and of the kurtosis, whose O(1/n) bias grows with the standardised
-        # higher moments; we allow 2 (kurt - 1)/n, twice the relative variance of s^2 (4%
-        # normal, 16% exponential at n = 100). The largest case is snr_se on exponential data,
-        # about -12% at n = 100: the sample kurtosis is biased low, and the Lo/Mertens bracket
-        # 1 - snr skew + snr^2 (kurt - 1)/4 = 1 - 2 + 2 cancels. A formula error is far
-        # larger: dropping or flipping the covariance term there changes snr_se by sqrt(3) or
-        # sqrt(5); a missing 1/4, by sqrt(7).
-        plugin_bias = {
-            "mean": 0.0,
-            "variance": (5 * kurt - 7) / ((kurt - 1) * n),
-        }.get(stat, 2 * (kurt - 1) / n)
-        log_ratio = 0.5 * math.log((ses**2).mean()) - math.log(spread)
-        assert abs(log_ratio) <= 4 * (noise_spread + noise_reported) + plugin_bias, (
-            stat,
-            log_ratio,
-        )
-
-
-def test_bias_against_a_known_truth() -> None:
-    n, mu, sigma = 20000, 3.0, 2.0
-    x = mu + sigma * torch.randn(
-        n, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float64
-    )
-    m = Moments.of(x)
-    exact = m.summarize(torch.tensor([mu]))
-    # The sample mean is N(mu, sigma^2/n): within 4 SEs of the truth.
-    assert abs(exact["bias"][0]) <= 4 * exact["bias_se"][0]
-    # bias_se estimates sigma/sqrt(n) through s, whose relative SD is 1/sqrt(2(n-1)).
-    assert exact["bias_se"][0] == pytest.approx(
-        sigma / math.sqrt(n), rel=4 / math.sqrt(2 * (n - 1))
-    )
-    assert exact["bias_se"][0] == exact["mean_se"][0]
-    # A truth that is off by 0.1 (50 SEs): the bias finds it, to within 4 SEs.
-    off = m.summarize(torch.tensor([mu - 0.1]))
-    assert abs(off["bias"][0] - 0.1) <= 4 * off["bias_se"][0]
-    # A reference truth with its own SE adds in quadrature.
-    ref = m.summarize(torch.tensor([mu]), torch.tensor([0.01], dtype=torch.float64))
-    assert ref["bias_se"][0] == pytest.approx(math.hypot(exact["mean_se"][0], 0.01), rel=4 * EPS)
-
-
-# ---------------------------------------------------------------------------------- misc
-
-
-def test_invalid_inputs_are_rejected() -> None:
-    with pytest.raises(ValueError, match=r"\[n, C\]"):
-        Moments.of(torch.zeros(5))
-    with pytest.raises(ValueError, match="merge"):
-        Moments.zeros(2).merge(Moments.zeros(3))
-    with pytest.raises(ValueError, match="at least one"):
-        Moments.merge_all([])
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu() -> None:
-    rng = np.random.default_rng(10)
-    x = varied_columns(5000, rng)
-    x[[1, 2], 1] = np.nan
-    cpu = Moments.of(torch.from_numpy(x))
-    gpu = Moments.of(torch.from_numpy(x).cuda()).merge(Moments.zeros(4, "cuda"))
-    assert gpu.mean.device.type == "cuda"
-    for field in ("count", "nonfinite"):
-        assert torch.equal(getattr(gpu, field).cpu(), getattr(cpu, field))
-    # Different summation orders: both within the one-pass error scale of the long-double
-    # reference, so within 2 * 32 * rounding_scale of each other (k <= 4: times 4).
-    scale = 256 * rounding_scale(x[np.isfinite(x).all(1)])
-    sd = np.nanstd(x, axis=0)
-    assert_within(gpu.mean.cpu().numpy(), cpu.mean.numpy(), scale * sd, "mean")
-    for k in (2, 3, 4):
-        assert_within(
-            getattr(gpu, f"m{k}").cpu().numpy(),
-            getattr(cpu, f"m{k}").numpy(),
-            scale * 5000 * sd**k,
-            f"M{k}",
-        )
-    np.testing.assert_allclose(gpu.summarize()["variance"], cpu.summarize()["variance"], rtol=1e-12)

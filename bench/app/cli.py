@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from enum import StrEnum
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from gradbench.app.cli_options import load_plugins, start_executor, whole_number
 from gradbench.app.cli_output import (
     console,
     err_console,
@@ -23,7 +23,7 @@ from gradbench.app.cli_output import (
     resume_command,
     signals_as_interrupt,
 )
-from gradbench.app.errors import USER_ERRORS, BenchError
+from gradbench.app.errors import USER_ERRORS
 from gradbench.core.version import __version__
 
 try:  # typer >= 0.20 carries its own copy of click's exceptions
@@ -96,24 +96,11 @@ def _main(
     """gradbench: measure Monte Carlo gradient estimators' bias, variance and cost."""
 
 
-def _load_plugins(specs: list[str] | None) -> tuple[str, ...]:
-    """Import each --plugin here (the workers import them again); one-line errors."""
-    from gradbench.core.plugins import load_plugin
-
-    for spec in specs or ():
-        try:
-            load_plugin(spec)
-        except ValueError as error:
-            raise BenchError(str(error)) from None
-        except Exception as error:
-            raise BenchError(f"--plugin {spec} failed to import: {type(error).__name__}: "
-                             f"{error}") from None
-    return tuple(specs or ())
-
-
 PluginOption = Annotated[list[str] | None, typer.Option(
     "--plugin", help="Module name or .py path that registers estimators or suites (repeatable); "
     "imported here and in every worker.")]
+
+
 class ShowFormat(StrEnum):
     table = "table"
     csv = "csv"
@@ -127,7 +114,7 @@ def list_command(plugin: PluginOption = None) -> None:
     from gradbench.core.plugins import failures
     from gradbench.core.suite import all_suites
 
-    _load_plugins(plugin)
+    load_plugins(plugin)
 
     estimators = Table(title="Estimators")
     for column in ("name", "family", "unbiased", "applies to", "evals/estimate", "hyperparameters"):
@@ -195,20 +182,15 @@ def run_command(
 ) -> None:
     """Run a suite: every applicable estimator over its grid; write parquet; print a table."""
     from gradbench.app import planning
-    from gradbench.app.executors import make_executor
-    from gradbench.app.process import configure
 
-    _check_threads(threads)
-    configure(threads)
-    plugins = _load_plugins(plugin)
-    pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
-                         plugins=plugins)
+    pool = start_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
+                          plugins=plugin)
     request = planning.RunRequest(
         suite=suite,
         estimators=tuple(estimator or ()),
         overrides=planning.parse_assignments(set_ or ()),
-        samples=None if samples is None else _whole("--samples", samples),
-        seed=_whole("--seed", seed),
+        samples=None if samples is None else whole_number("--samples", samples),
+        seed=whole_number("--seed", seed),
         devices=tuple(device or ("cpu",)),
         dtype=dtype,
         coords=coords,
@@ -265,16 +247,11 @@ def train_command(
     """Train a suite's model with each estimator's gradients: objective, evaluations and gradient
     variance along the trajectories; write parquet; print the final values."""
     from gradbench.app import planning
-    from gradbench.app.executors import make_executor
-    from gradbench.app.process import configure
     from gradbench.app.train_console import train
     from gradbench.app.train_plan import TrainRequest
 
-    _check_threads(threads)
-    configure(threads)
-    plugins = _load_plugins(plugin)
-    pool = make_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
-                         plugins=plugins)
+    pool = start_executor(executor, workers=workers, threads=threads, scheduler=scheduler,
+                          plugins=plugin)
     request = TrainRequest(
         suite=suite, estimators=tuple(estimator or ()),
         overrides=planning.parse_assignments(set_ or ()), steps=steps, seeds=seeds, seed=seed,
@@ -286,22 +263,6 @@ def train_command(
     if code:
         # Interrupted: 128 + the signal, as bench run (130 for Ctrl-C, 143 for SIGTERM).
         raise typer.Exit(128 + received.signum if code == 130 else code)
-
-
-def _check_threads(threads: int) -> None:
-    cores = os.cpu_count() or 1
-    if not 1 <= threads <= cores:
-        raise BenchError(f"--threads {threads}: give 1 to {cores} (this machine's CPU count)")
-
-
-def _whole(option: str, text: str) -> int:
-    """An integer option written as 4000, 1e6 or 9223372036854775807 (the settings' parser)."""
-    from gradbench.core.params import parse_value
-
-    try:
-        return parse_value(option, int, text)
-    except ValueError as error:
-        raise BenchError(str(error)) from None
 
 
 @app.command("show")
@@ -347,7 +308,8 @@ def check_command(
 ) -> None:
     """Statistical regression gate: exit 1 if a variance rose significantly above --tolerance,
     an unbiased estimator shows significant bias, or a baseline cell is missing; 0 if clean."""
-    from gradbench.app import check, check_summary
+    from gradbench.app import check
+    from gradbench.app.check_console import print_check, write_check_markdown
     from gradbench.results import store
 
     result = check.compare(
@@ -357,66 +319,10 @@ def check_command(
         allow_missing=allow_missing,
     )
     if markdown is not None:
-        try:
-            markdown.write_text(check_summary.to_markdown(result))
-        except OSError as error:
-            raise BenchError(f"cannot write --markdown {markdown}: {error.strerror or error}; "
-                             "choose a writable file") from None
-    cells = check_summary.failing_cells(result)
-    if len(cells):
-        table = Table(title="regressions (worst coordinate of each cell and parameter)",
-                      caption="ratio: variance current/baseline; z: one-sided log-ratio test; "
-                      "q: Benjamini-Hochberg adjusted", caption_justify="left")
-        for column in ("suite", "settings", "estimator", "param", "verdict", "coords",
-                       "ratio", "z", "q", "bias ± SE", "bias z"):
-            table.add_column(column, justify="left" if column in ("settings",) else "right")
-        for row in cells.head(60).itertuples(index=False):
-            table.add_row(row.suite, row.settings, row.estimator, row.param,
-                          f"[red]{row.verdict}[/red]", f"{row.coords}/{row.of}",
-                          _num(row.ratio), _num(row.z_variance), _num(row.q_variance, 2),
-                          f"{_num(row.bias_c)} ± {_num(row.bias_se_c, 2)}",
-                          _num(row.z_bias))
-        console.print(table)
-        if len(cells) > 60:
-            console.print(f"... and {len(cells) - 60} more (see --markdown)")
-    untestable = check_summary.untestable_cells(result)
-    for _, row in untestable.head(30).iterrows():
-        console.print(f"[yellow]{check_summary.untestable_line(row)}[/yellow]",
-                      highlight=False, soft_wrap=True)
-    if len(untestable) > 30:
-        console.print(f"... and {len(untestable) - 30} more not testable (see --markdown)")
-    for frame, title in ((result.missing, "missing from current"),
-                         (result.new, "new in current (informational)"),
-                         (result.changed, "not comparable: version changed (informational)")):
-        if len(frame):
-            listing = Table(title=f"{title}: {len(frame)} cells")
-            for column in frame.columns:
-                listing.add_column(column)
-            for row in frame.head(30).itertuples(index=False):
-                listing.add_row(*[str(v) for v in row])
-            console.print(listing)
-    summary = Table(title="per estimator")
-    for column in ("estimator", "cells", "rows", "median ratio", "variance regr.", "bias regr."):
-        summary.add_column(column, justify="left" if column == "estimator" else "right")
-    for row in check_summary.per_estimator(result).itertuples(index=False):
-        summary.add_row(row.estimator, str(row.cells), str(row.rows), _num(row.median_ratio),
-                        str(row.variance_regressions), str(row.bias_regressions))
-    console.print(summary)
-    for warning in result.warnings:
-        console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False)
-    *lines, status = check_summary.summary_lines(result)
-    for line in lines:
-        console.print(line, highlight=False)
+        write_check_markdown(result, markdown)
+    print_check(result)
     if result.failed:
-        console.print(f"[bold red]{status}[/bold red]")
         raise typer.Exit(1)
-    console.print(f"[bold green]{status}[/bold green]")
-
-
-def _num(value: float, digits: int = 3) -> str:
-    return "" if value is None or value != value else f"{value:.{digits}g}"
 
 
 @app.command("report")

@@ -220,18 +220,7 @@ class Moments:
           mse = bias^2 + variance, mean squared error of one estimate against the truth.
           bias, bias_se, mse, mse_se are NaN when truth is None.
         Coordinates with n < 2 give NaN for every variance-type quantity (mean is NaN at n = 0).
-
-        snr_se and mse_se are first-order delta-method SEs of functions of (mean, s^2), using the
-        iid results Var(mean) = s^2/n, Cov(mean, s^2) = mu3/n (mu3 = M3 / n) and, for Var(s^2),
-        the variance_se^2 above rather than the asymptotic (mu4 - s^4)/n: they differ by
-        2 s^4 / (n (n-1)), O(1/n) relative like the delta method's own error, but the finite-n
-        form is exact for iid data, stays >= 0 for any sample (M4/n >= ((n-1)/n)^2 s^4) where
-        mu4 - s^4 can go negative at small n, and makes mse_se == variance_se at zero bias:
-          snr: gradient (sign(mean)/s, -|mean|/(2 s^3)), i.e. the Sharpe-ratio formula
-            Var(snr) ~ 1/n - mean mu3/(n s^4) + mean^2 Var(s^2)/(4 s^6)  (Lo 2002; Mertens 2002).
-          mse: gradient (2 bias, 1) w.r.t. (mean, s^2), plus 4 bias^2 truth_se^2 for the truth:
-            Var(mse) ~ 4 bias^2 (s^2/n + truth_se^2) + Var(s^2) + 4 bias mu3/n.
-        Radicands are clamped at 0; the delta method has O(1/n) relative bias.
+        snr_se and mse_se: first-order delta method (_SecondOrder, _snr, _bias_and_mse).
         """
         cpu = {
             k: getattr(self, k).detach().cpu().numpy()
@@ -239,47 +228,18 @@ class Moments:
         }
         count = cpu["count"].astype(np.int64)
         coords = count.shape[0]
-        nf = count.astype(np.float64)
-        nan = np.full(coords, np.nan)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            ok = count >= 2
-            mean = np.where(count > 0, cpu["mean"], np.nan)
-            var = np.where(ok, cpu["m2"] / (nf - 1.0), np.nan)
-            std = np.sqrt(var)
-            var_mean = var / nf
-            mu3 = np.where(ok, cpu["m3"] / nf, np.nan)
-            mu4 = np.where(ok, cpu["m4"] / nf, np.nan)
-            var_var = np.maximum((mu4 - (nf - 3.0) / (nf - 1.0) * var * var) / nf, 0.0)
-            cov = mu3 / nf  # Cov(mean, s^2)
-
-            # numpy's |m|/0 = inf and 0/0 = NaN are exactly the conventions wanted for std == 0.
-            snr = np.abs(mean) / std
-            g_m = np.sign(mean) / std
-            g_v = -np.abs(mean) / (2.0 * var * std)
-            snr_var = g_m * g_m * var_mean + g_v * g_v * var_var + 2.0 * g_m * g_v * cov
-            snr_se = np.sqrt(np.maximum(snr_var, 0.0))
-            snr_se = np.where(std == 0.0, np.where(mean == 0.0, np.nan, 0.0), snr_se)
-
-            if truth is None:
-                bias = bias_se = mse = mse_se = nan
-            else:
-                t = _as_coords(truth, coords)
-                t_se = np.zeros(coords) if truth_se is None else _as_coords(truth_se, coords)
-                bias = mean - t
-                bias_var = var_mean + t_se * t_se
-                bias_se = np.sqrt(bias_var)
-                mse = bias * bias + var
-                mse_var = 4.0 * bias * bias * bias_var + var_var + 4.0 * bias * cov
-                mse_se = np.sqrt(np.maximum(mse_var, 0.0))
-
+            stats = _SecondOrder.of(cpu)
+            snr, snr_se = _snr(stats)
+            bias, bias_se, mse, mse_se = _bias_and_mse(stats, truth, truth_se, coords)
         out = {
             "n": count,
             "nonfinite": cpu["nonfinite"].astype(np.int64),
-            "mean": mean,
-            "mean_se": np.sqrt(var_mean),
-            "variance": var,
-            "variance_se": np.sqrt(var_var),
-            "std": std,
+            "mean": stats.mean,
+            "mean_se": np.sqrt(stats.var_mean),
+            "variance": stats.var,
+            "variance_se": np.sqrt(stats.var_var),
+            "std": stats.std,
             "bias": bias,
             "bias_se": bias_se,
             "snr": snr,
@@ -291,6 +251,78 @@ class Moments:
             k: np.asarray(out[k], dtype=np.int64 if k in ("n", "nonfinite") else np.float64)
             for k in SUMMARY_KEYS
         }
+
+
+@dataclass(frozen=True)
+class _SecondOrder:
+    """Per-coordinate float64 [C] quantities the summary's standard errors are built from.
+
+    snr_se and mse_se are first-order delta-method SEs of functions of (mean, s^2), using the
+    iid results Var(mean) = s^2/n, Cov(mean, s^2) = mu3/n (mu3 = M3 / n) and, for Var(s^2),
+    the variance_se^2 of Moments.summarize rather than the asymptotic (mu4 - s^4)/n: they differ
+    by 2 s^4 / (n (n-1)), O(1/n) relative like the delta method's own error, but the finite-n
+    form is exact for iid data, stays >= 0 for any sample (M4/n >= ((n-1)/n)^2 s^4) where
+    mu4 - s^4 can go negative at small n, and makes mse_se == variance_se at zero bias.
+    Radicands are clamped at 0; the delta method has O(1/n) relative bias.
+    """
+
+    mean: np.ndarray  # NaN at n = 0
+    var: np.ndarray  # s^2 = M2 / (n - 1), NaN at n < 2
+    std: np.ndarray
+    var_mean: np.ndarray  # Var(mean) = s^2 / n
+    var_var: np.ndarray  # Var(s^2) = (mu4 - (n-3)/(n-1) s^4) / n, clamped at 0
+    cov: np.ndarray  # Cov(mean, s^2) = mu3 / n
+
+    @classmethod
+    def of(cls, cpu: dict[str, np.ndarray]) -> _SecondOrder:
+        """From the moments as numpy arrays; call under np.errstate (n = 0 or 1 divide)."""
+        count = cpu["count"].astype(np.int64)
+        nf = count.astype(np.float64)
+        ok = count >= 2
+        mean = np.where(count > 0, cpu["mean"], np.nan)
+        var = np.where(ok, cpu["m2"] / (nf - 1.0), np.nan)
+        var_mean = var / nf
+        mu3 = np.where(ok, cpu["m3"] / nf, np.nan)
+        mu4 = np.where(ok, cpu["m4"] / nf, np.nan)
+        var_var = np.maximum((mu4 - (nf - 3.0) / (nf - 1.0) * var * var) / nf, 0.0)
+        return cls(mean, var, np.sqrt(var), var_mean, var_var, mu3 / nf)
+
+
+def _snr(stats: _SecondOrder) -> tuple[np.ndarray, np.ndarray]:
+    """snr = |mean| / std and its SE; gradient (sign(mean)/s, -|mean|/(2 s^3)), i.e. the
+    Sharpe-ratio formula Var(snr) ~ 1/n - mean mu3/(n s^4) + mean^2 Var(s^2)/(4 s^6)
+    (Lo 2002; Mertens 2002). Call under np.errstate."""
+    mean, var, std = stats.mean, stats.var, stats.std
+    # numpy's |m|/0 = inf and 0/0 = NaN are exactly the conventions wanted for std == 0.
+    snr = np.abs(mean) / std
+    g_m = np.sign(mean) / std
+    g_v = -np.abs(mean) / (2.0 * var * std)
+    snr_var = (g_m * g_m * stats.var_mean + g_v * g_v * stats.var_var
+               + 2.0 * g_m * g_v * stats.cov)
+    snr_se = np.sqrt(np.maximum(snr_var, 0.0))
+    snr_se = np.where(std == 0.0, np.where(mean == 0.0, np.nan, 0.0), snr_se)
+    return snr, snr_se
+
+
+def _bias_and_mse(
+    stats: _SecondOrder,
+    truth: Tensor | np.ndarray | float | None,
+    truth_se: Tensor | np.ndarray | float | None,
+    coords: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(bias, bias_se, mse, mse_se), all NaN without a truth. mse's SE: gradient (2 bias, 1)
+    w.r.t. (mean, s^2), plus 4 bias^2 truth_se^2 for the truth:
+    Var(mse) ~ 4 bias^2 (s^2/n + truth_se^2) + Var(s^2) + 4 bias mu3/n."""
+    if truth is None:
+        nan = np.full(coords, np.nan)
+        return nan, nan, nan, nan
+    t = _as_coords(truth, coords)
+    t_se = np.zeros(coords) if truth_se is None else _as_coords(truth_se, coords)
+    bias = stats.mean - t
+    bias_var = stats.var_mean + t_se * t_se
+    mse = bias * bias + stats.var
+    mse_var = 4.0 * bias * bias * bias_var + stats.var_var + 4.0 * bias * stats.cov
+    return bias, np.sqrt(bias_var), mse, np.sqrt(np.maximum(mse_var, 0.0))
 
 
 def _as_coords(value: Tensor | np.ndarray | float, coords: int) -> np.ndarray:

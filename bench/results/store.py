@@ -1,4 +1,4 @@
-"""Tidy parquet results: the only code that reads or writes result files and run metadata.
+"""The results store: the only code that reads or writes result files and run metadata.
 
     results/<run_id>/<cell_id>.parquet   one file per finished cell, written atomically
     results/<run_id>/<trajectory_id>.parquet   bench train: one file per finished trajectory
@@ -13,6 +13,10 @@ schema of gradbench.results.schema), so `pandas.read_parquet("results")` reads a
 holding several suites without dropping columns. One row per (run, suite, settings, estimator,
 hyperparameters, device, param, coord); run metadata is repeated as dictionary-encoded columns
 so any single file is self-describing.
+
+This module writes (atomically, with readable permissions); the paths and errors live in
+gradbench.results.layout and the reading in gradbench.results.reading, both re-exported here so
+that `store` stays the one place to import from.
 """
 
 from __future__ import annotations
@@ -26,69 +30,60 @@ import secrets
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
 from gradbench.core.schema import SCHEMA_VERSION, split_family_column
 from gradbench.core.version import __version__
-from gradbench.results.schema import (
-    TABLE_KEY,
-    TRAINING_TABLE,
-    arrow_schema,
-    training_arrow_schema,
+from gradbench.results.layout import (
+    RUNS_DIR,
+    ResultsError,
+    RunMetadataMissing,
+    StorageFull,
+    finished_cells,
+    result_files,
+    run_dirs,
+    run_files_dir,
+    run_json_path,
 )
-from gradbench.results.validation import table_problem
+from gradbench.results.reading import (
+    REQUIRED_COLUMNS,
+    cell_file_problem,
+    checked_cells,
+    hyperparam_columns,
+    is_training_file,
+    read_results,
+    read_run_json,
+    read_training,
+    setting_columns,
+    training_files,
+)
+from gradbench.results.schema import arrow_schema, training_arrow_schema
 
-RUNS_DIR = "_runs"
-# Columns every gradbench results file has; a file without them is not gradbench results.
-REQUIRED_COLUMNS = (
-    "run_id", "suite", "settings", "estimator", "hyperparams", "device", "dtype", "param",
-    "coord", "n", "mean", "truth", "truth_method", "bias", "bias_se", "variance", "variance_se",
-    "evals_per_estimate", "seconds_per_estimate", "seed", "schema_version",
-)
+__all__ = [
+    "REQUIRED_COLUMNS", "ROW_METADATA", "RUNS_DIR", "ResultsError", "RunMetadataMissing",
+    "StorageFull", "atomic_write_bytes", "canonical_json", "cell_file_problem", "cell_table",
+    "checked_cells", "command_line", "finished_cells", "finished_trajectories", "git_commit",
+    "hyperparam_columns", "is_training_file", "metadata_columns", "new_run_id", "prepare_out",
+    "read_results", "read_run_json", "read_training", "result_files", "run_dirs",
+    "run_files_dir", "run_json_path", "run_metadata", "set_aside", "setting_columns",
+    "training_files", "trajectory_table", "write_cell", "write_error", "write_run_json",
+    "write_trajectory", "writing",
+]
+
 # Metadata repeated on every row (the rest stays in the run's JSON).
 ROW_METADATA = ("run_id", "schema_version", "gradbench_version", "torch_version", "threads",
                 "git_commit", "started_at", "command")
 
 
-class ResultsError(ValueError):
-    """Files that are not readable gradbench results, or an unwritable results folder."""
-
-
-class RunMetadataMissing(ResultsError):
-    """A run folder without its metadata file (a copied folder, or a lone file)."""
-
-
-class StorageFull(ResultsError):
-    """Writing failed for lack of space (or quota): what was written before is intact."""
-
-
 def canonical_json(values: Mapping[str, Any]) -> str:
     """Settings or hyperparameters as one comparable string: sorted keys, no spaces."""
     return json.dumps(dict(values), sort_keys=True, separators=(",", ":"))
-
-
-def setting_columns(frame: pd.DataFrame) -> list[str]:
-    """The setting columns of a results frame, from its `settings` key column."""
-    return _names_in(frame, "settings")
-
-
-def hyperparam_columns(frame: pd.DataFrame) -> list[str]:
-    """The hyperparameter columns of a results frame, from its `hyperparams` key column."""
-    return _names_in(frame, "hyperparams")
-
-
-def _names_in(frame: pd.DataFrame, column: str) -> list[str]:
-    names: dict[str, None] = {}
-    for text in frame[column].dropna().unique():
-        names.update(dict.fromkeys(json.loads(text)))
-    return list(names)
 
 
 def new_run_id() -> str:
@@ -163,16 +158,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def run_json_path(run_dir: Path) -> Path:
-    """Where a run folder's metadata lives: <root>/_runs/<run_id>.json."""
-    return run_dir.parent / RUNS_DIR / f"{run_dir.name}.json"
-
-
-def run_files_dir(run_dir: Path) -> Path:
-    """The run's own folder in the metadata area: <root>/_runs/<run_id>/ (errors, corrupt)."""
-    return run_dir.parent / RUNS_DIR / run_dir.name
-
-
 def writing(path: Path, error: OSError) -> ResultsError:
     """A one-line error for a failed write; StorageFull when the disk or a quota is full."""
     reason = error.strerror or str(error)
@@ -199,24 +184,6 @@ def write_error(run_dir: Path, cell_id: str, text: str) -> Path | None:
     except OSError:
         return None
     return path
-
-
-def read_run_json(run_dir: Path) -> dict[str, Any]:
-    """A run's metadata. RunMetadataMissing if it has none; ResultsError if it is unreadable or
-    not a JSON object."""
-    path = run_json_path(run_dir)
-    if not path.is_file():
-        raise RunMetadataMissing(f"{run_dir} is not a gradbench run (no {path}); give a run id "
-                                 "that `bench run` printed")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ResultsError(f"{run_dir} is not a gradbench run (no readable {path}: {error}); "
-                           "give a run id that `bench run` printed") from None
-    if not isinstance(meta, dict):
-        raise ResultsError(f"{path} holds {type(meta).__name__}, not a run's metadata object; "
-                           "it was not written by gradbench")
-    return meta
 
 
 def cell_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa.Table:
@@ -247,47 +214,6 @@ def write_cell(run_dir: Path, cell_id: str, columns: Mapping[str, list],
     return path
 
 
-def run_dirs(root: Path) -> list[Path]:
-    """The run folders under a results root, oldest first (run ids sort by time)."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
-
-
-def finished_cells(run_dir: Path) -> set[str]:
-    """The cell files in a run folder, by name (not checked: see `checked_cells`)."""
-    return {p.stem for p in run_dir.glob("*.parquet")} if run_dir.is_dir() else set()
-
-
-def cell_file_problem(path: Path) -> str | None:
-    """Why a cell file does not read back as the cell it is named after, or None.
-
-    Reads the footer and the cell_id column: a truncated or overwritten file fails here
-    (atomic writes never leave one, but disks, copies and people can)."""
-    try:
-        table = pq.read_table(path, columns=["cell_id"])
-    except (pa.ArrowException, OSError, KeyError) as error:
-        return f"does not read back ({_first_line(error)})"
-    if table.num_rows == 0:
-        return "holds no rows"
-    ids = set(table.column("cell_id").to_pylist())
-    if ids != {path.stem}:
-        return f"holds cell {sorted(map(str, ids))[0]}, not {path.stem}"
-    return None
-
-
-def checked_cells(run_dir: Path) -> tuple[set[str], dict[str, str]]:
-    """(cells whose files read back, {cell_id: why not} for the others)."""
-    good, bad = set(), {}
-    for cell_id in sorted(finished_cells(run_dir)):
-        problem = cell_file_problem(run_dir / f"{cell_id}.parquet")
-        if problem is None:
-            good.add(cell_id)
-        else:
-            bad[cell_id] = problem
-    return good, bad
-
-
 def set_aside(run_dir: Path, cell_id: str) -> Path:
     """Move a cell file that does not read back out of the run folder (into the metadata area,
     kept for inspection), so that the cell is computed again."""
@@ -297,66 +223,7 @@ def set_aside(run_dir: Path, cell_id: str) -> Path:
     return target
 
 
-def result_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*.parquet")
-                      if not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
-    raise ResultsError(f"{path} does not exist; give a results .parquet file or folder "
-                       "(bench run writes them under results/)")
-
-
-def read_results(*paths: Path | str) -> pd.DataFrame:
-    """Read gradbench results from parquet files and/or folders into one tidy DataFrame (the
-    union of their columns: files from other gradbench versions may have fewer)."""
-    tables = [table for path in paths for table in _read_tables(Path(path))]
-    if not tables:
-        raise ResultsError("no results given; pass result folders or .parquet files")
-    combined = pa.concat_tables(tables, promote_options="permissive")
-    return combined.to_pandas()
-
-
-def _read_tables(path: Path) -> Iterable[pa.Table]:
-    files = result_files(path)
-    if not files:
-        raise ResultsError(f"{path} holds no .parquet results; run `bench run --suite NAME` "
-                           "first")
-    training = [file for file in files if is_training_file(file)]
-    if len(training) == len(files):
-        raise ResultsError(f"{path} holds only training trajectories (bench train), no cells "
-                           "of `bench run`; `bench report` draws them")
-    for file in files:
-        if file in training:
-            continue
-        try:
-            table = pq.read_table(file)
-        except (pa.ArrowException, OSError) as error:
-            raise ResultsError(f"{file} is not a readable parquet file ({_first_line(error)}); "
-                               f"{_fix_for(file)}") from None
-        missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-        if missing:
-            raise ResultsError(f"{file} is not gradbench results of schema {SCHEMA_VERSION} "
-                               f"(missing columns: {', '.join(missing)}); regenerate it with "
-                               "`bench run`")
-        problem = table_problem(table)
-        if problem:
-            raise ResultsError(f"{file} is not gradbench results: {problem}; regenerate it "
-                               "with `bench run`")
-        yield table
-
-
 # ---------------------------------------------------------------- bench train's trajectories
-
-
-def is_training_file(path: Path) -> bool:
-    """Whether a parquet file holds a bench train trajectory (its schema says so); unreadable
-    files are not, and fail later where they are read."""
-    try:
-        metadata = pq.read_schema(path).metadata or {}
-    except (pa.ArrowInvalid, OSError):
-        return False
-    return metadata.get(TABLE_KEY) == TRAINING_TABLE
 
 
 def trajectory_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa.Table:
@@ -384,39 +251,6 @@ def write_trajectory(run_dir: Path, trajectory_id: str, columns: Mapping[str, li
 
 
 finished_trajectories = finished_cells  # the same rule: one file per finished task
-
-
-def training_files(*paths: Path | str) -> list[Path]:
-    """The trajectory files among results files and folders."""
-    return [file for path in paths for file in result_files(Path(path))
-            if is_training_file(file)]
-
-
-def read_training(*paths: Path | str) -> pd.DataFrame:
-    """Read bench train trajectories from parquet files and/or folders into one tidy DataFrame
-    (cells files of bench run among them are skipped)."""
-    files = training_files(*paths)
-    if not files:
-        raise ResultsError(f"{', '.join(map(str, paths))} hold no training trajectories; run "
-                           "`bench train --suite NAME` first")
-    tables = []
-    for file in files:
-        try:
-            tables.append(pq.read_table(file))
-        except (pa.ArrowInvalid, OSError) as error:
-            raise ResultsError(f"{file} is not a readable parquet file ({error})") from None
-    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
-def _fix_for(file: Path) -> str:
-    """What to do about a cell file that does not read: resume its run, which recomputes it."""
-    if file.parent.parent.joinpath(RUNS_DIR, f"{file.parent.name}.json").is_file():
-        return (f"`bench run ... --resume {file.parent.name}` (the run's command, shown in "
-                f"{run_json_path(file.parent)}) sets it aside and computes the cell again")
-    return "give gradbench results written by `bench run`"
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def command_line() -> str:

@@ -49,23 +49,63 @@ def suite_section(suite: str, part: pd.DataFrame, out: Path, styles: Any,
     platforms = sorted(part["platform"].unique(), key=lambda p: (not str(p).startswith("cpu"),
                                                                  str(p)))
     main = part[part["platform"] == primary]
+    figures = _figures(part, main, cols, styles, out, slug(suite), primary)
+    raw = _leaderboards(part, main, primary, platforms)
+    boards = [(heading, _board_table(board, cols)) for _, heading, board in raw]
+    reasons = [f"{name} ({count} setting{'s' if count > 1 else ''}): {why}"
+               for name, whys in sorted(skipped.items()) for why, count in sorted(whys.items())]
+    return SuiteSection(suite, cols, primary, platforms, figures, boards,
+                        _detail_table(part, cols), reasons, _excluded(main, cols),
+                        [(budget, board) for budget, _, board in raw])
+
+
+def _coord_note(main: pd.DataFrame) -> str:
+    """What every variance caption must add: how parameters with several coordinates are
+    summarised, and how many variances are not reliable at their n."""
     coords = int(main["coords"].max())
-    coord_note = (" Parameters with several coordinates (up to "
-                  f"{coords}) are summarised by the mean over coordinates, its SE the grouped "
-                  "jackknife SE of the parameter's total variance / coordinates (results "
-                  "without tensor rows: the mean of the coordinates' SEs, an upper bound)."
-                  if coords > 1 else "")
+    note = (" Parameters with several coordinates (up to "
+            f"{coords}) are summarised by the mean over coordinates, its SE the grouped "
+            "jackknife SE of the parameter's total variance / coordinates (results "
+            "without tensor rows: the mean of the coordinates' SEs, an upper bound)."
+            if coords > 1 else "")
     unreliable = int((~main["reliable"].astype(bool)).sum())
     if unreliable:
-        coord_note += (f" {unreliable} (setting, estimator, parameter) variances are not "
-                       "reliable at their n (heavy tail or rare states; marked ! in the table "
-                       "below, with the reason).")
+        note += (f" {unreliable} (setting, estimator, parameter) variances are not "
+                 "reliable at their n (heavy tail or rare states; marked ! in the table "
+                 "below, with the reason).")
+    return note
+
+
+def _figures(part: pd.DataFrame, main: pd.DataFrame, cols: SuiteColumns, styles: Any,
+             out: Path, name: str, primary: str) -> list[tuple[Any, str]]:
+    """Every figure of the suite with its caption: one sweep per swept setting or
+    hyperparameter, then cost, bias (when there is a truth) and timing; files out/name-*.png."""
+    coord_note = _coord_note(main)
+    figures = _sweep_figures(main, cols, styles, out, name, primary, coord_note)
+    info = figs.cost_figure(main, cols, styles, out / f"{name}-cost.png", primary)
+    figures.append((info, (
+        "Every setting of the suite: variance × evaluations of f per estimate and variance × "
+        f"seconds per estimate (on {primary}), ± 2 SE; smaller is better at a fixed budget. "
+        "The one-time warm-up of estimators that have one (warmup_evals) is not counted."
+        + coord_note + _not_drawn(info.not_drawn))))
+    info = figs.bias_figure(main, cols, styles, out / f"{name}-bias.png", primary)
+    if info is not None:
+        figures.append((info, _bias_caption(main, cols, info.not_drawn)))
+    info = figs.timing_figure(part, cols, styles, out / f"{name}-time.png")
+    figures.append((info, (
+        "Wall time per gradient estimate, ± 2 SE over the per-chunk timings, one panel per "
+        "device on a shared axis. Timings of a busy or shared machine are noisy; compare "
+        "within one run." + _not_drawn(info.not_drawn))))
+    return figures
+
+
+def _sweep_figures(main: pd.DataFrame, cols: SuiteColumns, styles: Any, out: Path, name: str,
+                   primary: str, coord_note: str) -> list[tuple[Any, str]]:
     constants = ", ".join(f"{k} = {format_value(v)}" for k, v in cols.fixed.items())
     figures: list[tuple[Any, str]] = []
-    name = slug(suite)
     for x in [*cols.swept, *cols.swept_hypers]:
-        info = figs.sweep_figure(main, cols, x, styles, out / f"{name}-variance-vs-{slug(x)}.png",
-                                 primary)
+        path = out / f"{name}-variance-vs-{slug(x)}.png"
+        info = figs.sweep_figure(main, cols, x, styles, path, primary)
         if info is None:
             continue
         held = ", ".join(f"{k} = {format_value(v)}" for k, v in info.fixed.items())
@@ -80,52 +120,49 @@ def suite_section(suite: str, part: pd.DataFrame, out: Path, styles: Any,
             + "Bands reaching the bottom edge of a log axis extend to ≤ 0." + coord_note
             + _not_drawn(info.not_drawn))
         figures.append((info, caption))
-    info = figs.cost_figure(main, cols, styles, out / f"{name}-cost.png", primary)
-    figures.append((info, (
-        "Every setting of the suite: variance × evaluations of f per estimate and variance × "
-        f"seconds per estimate (on {primary}), ± 2 SE; smaller is better at a fixed budget. "
-        "The one-time warm-up of estimators that have one (warmup_evals) is not counted."
-        + coord_note + _not_drawn(info.not_drawn))))
-    info = figs.bias_figure(main, cols, styles, out / f"{name}-bias.png", primary)
-    if info is not None:
-        z = ", ".join(f"{decisions.bias_threshold(int(m)):.2f} for {m} coordinate"
-                      f"{'s' if m > 1 else ''}"
-                      for m in sorted(main.groupby(cols.keys, dropna=False)["coords"]
-                                      .sum().unique()))
-        figures.append((info, (
-            "Bias along the true gradient g, relative to it: b·g / |g|² (one coordinate: "
-            "bias / truth), ± 2 SE (bound: Σ|g_i| SE_i / |g|², no independence assumed); 0 is "
-            "unbiased, −1 an estimator whose estimates vanish, +1 one twice too long. A red "
-            "ring means the cell's "
-            "bias is significant: some coordinate of some parameter has |bias| > z SE, with z "
-            "from a Bonferroni bound at family-wise false-alarm rate "
-            f"{decisions.CELL_ALPHA:g} per cell and never below {decisions.MIN_Z:g} (z = {z}). "
-            "The horizontal axis is "
-            "symmetric-log so tiny and large biases both show." + _not_drawn(info.not_drawn))))
-    info = figs.timing_figure(part, cols, styles, out / f"{name}-time.png")
-    figures.append((info, (
-        "Wall time per gradient estimate, ± 2 SE over the per-chunk timings, one panel per "
-        "device on a shared axis. Timings of a busy or shared machine are noisy; compare "
-        "within one run." + _not_drawn(info.not_drawn))))
+    return figures
 
+
+def _bias_caption(main: pd.DataFrame, cols: SuiteColumns, not_drawn: Sequence[str]) -> str:
+    """The bias figure's caption, with the z threshold of each cell size in the suite."""
+    z = ", ".join(f"{decisions.bias_threshold(int(m)):.2f} for {m} coordinate"
+                  f"{'s' if m > 1 else ''}"
+                  for m in sorted(main.groupby(cols.keys, dropna=False)["coords"]
+                                  .sum().unique()))
+    return (
+        "Bias along the true gradient g, relative to it: b·g / |g|² (one coordinate: "
+        "bias / truth), ± 2 SE (bound: Σ|g_i| SE_i / |g|², no independence assumed); 0 is "
+        "unbiased, −1 an estimator whose estimates vanish, +1 one twice too long. A red "
+        "ring means the cell's "
+        "bias is significant: some coordinate of some parameter has |bias| > z SE, with z "
+        "from a Bonferroni bound at family-wise false-alarm rate "
+        f"{decisions.CELL_ALPHA:g} per cell and never below {decisions.MIN_Z:g} (z = {z}). "
+        "The horizontal axis is "
+        "symmetric-log so tiny and large biases both show." + _not_drawn(not_drawn))
+
+
+def _leaderboards(part: pd.DataFrame, main: pd.DataFrame, primary: str,
+                  platforms: Sequence[str]) -> list[tuple[str, str, pd.DataFrame]]:
+    """(budget, heading, leaderboard rows): evaluations on the primary platform, then seconds
+    on each platform."""
     raw = [("evaluations", f"Budget: evaluations of f (variance × evaluations per estimate, "
             f"{primary} rows)", leaderboard(main, "var_x_evals"))]
     for platform in platforms:
         rows = part[part["platform"] == platform]
         raw.append((f"seconds on {platform}", f"Budget: wall time on {platform} (variance × "
                     "seconds per estimate)", leaderboard(rows, "var_x_seconds")))
-    boards = [(heading, _board_table(board, cols)) for _, heading, board in raw]
+    return raw
+
+
+def _excluded(main: pd.DataFrame, cols: SuiteColumns) -> list[str]:
+    """Variants left out of the leaderboards: biased by design, or measured biased."""
     design = sorted(set(main.loc[~main["unbiased"], "variant"]))
     measured = main[main["unbiased"] & main["measured_biased"]]
     excluded = [f"{v}: biased by design" for v in design]
     for variant, rows in measured.groupby("variant", sort=True):
         cells = rows.drop_duplicates(subset=cols.keys)
         excluded.append(f"{variant}: significant measured bias in {len(cells)} setting(s)")
-    reasons = [f"{name} ({count} setting{'s' if count > 1 else ''}): {why}"
-               for name, whys in sorted(skipped.items()) for why, count in sorted(whys.items())]
-    return SuiteSection(suite, cols, primary, platforms, figures, boards,
-                        _detail_table(part, cols), reasons, excluded,
-                        [(budget, board) for budget, _, board in raw])
+    return excluded
 
 
 def _not_drawn(items: Sequence[str]) -> str:

@@ -190,61 +190,7 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         if column not in frame:
             frame = frame.assign(**{column: default})
     dtypes = frame["dtype"].nunique(dropna=True)
-    parts = []
-    for _, whole in frame.groupby("suite", sort=True):
-        cols = suite_columns(whole)
-        keys = cols.keys
-        tensors = whole[whole["level"] == "tensor"]
-        part = whole[whole["level"] != "tensor"]
-        z = decisions.bias_z(part["bias"].to_numpy(float), part["bias_se"].to_numpy(float),
-                             part["truth"].to_numpy(float), part["mean"].to_numpy(float),
-                             part["dtype"].astype(str).to_numpy())
-        # A variance at rounding level (a deterministic estimator) is reported as 0, not as 1e-31
-        # stretching a log axis over 30 decades; the parquet keeps the raw value.
-        floor = decisions.rounding_floor(part["dtype"].astype(str).to_numpy(),
-                                         part["truth"].to_numpy(float),
-                                         part["mean"].to_numpy(float))
-        rounding = part["variance"].to_numpy(float) <= floor**2
-        work = part.assign(
-            _abs_truth=part["truth"].abs(), _z=z,
-            _gb=part["truth"] * part["bias"], _gg=part["truth"] ** 2,
-            _gse=part["truth"].abs() * part["bias_se"],
-            variance=part["variance"].where(~rounding, 0.0),
-            variance_se=part["variance_se"].where(~rounding, 0.0))
-        grouped = work.groupby([*keys, "param"], dropna=False, sort=False)
-        agg = grouped.agg(
-            coords=("coord", "size"),
-            variance=("variance", "mean"),
-            variance_se=("variance_se", "mean"),
-            bias=("bias", "mean"),
-            bias_se=("bias_se", "mean"),
-            truth=("truth", "mean"),
-            truth_scale=("_abs_truth", "mean"),
-            _gb=("_gb", "sum"), _gg=("_gg", "sum"), _gse=("_gse", "sum"),
-            max_bias_z=("_z", "max"),
-            n=("n", "min"),
-            nonfinite=("nonfinite", "sum"),
-            evals_per_estimate=("evals_per_estimate", "first"),
-            seconds_per_estimate=("seconds_per_estimate", "first"),
-            seconds_per_estimate_se=("seconds_per_estimate_se", "first"),
-            unbiased=("unbiased", "first"),
-            estimator_family=("estimator_family", "first"),
-            device_name=("device_name", "first"),
-            truth_method=("truth_method", "first"),
-            run_id=("run_id", "first"),
-            reliable=("reliable", "all"),
-            mean_reliable=("mean_reliable", "all"),
-            reliability_reason=("reliability_reason", _first_reason),
-        ).reset_index()
-        agg = _with_tensor_rows(agg, tensors, [*keys, "param"])
-        # The bias test is per cell: all coordinates of all its parameters.
-        cell = agg.groupby(keys, dropna=False, sort=False)
-        tested = cell["coords"].transform("sum")
-        worst = cell["max_bias_z"].transform("max")
-        agg["bias_z_threshold"] = [decisions.bias_threshold(int(m)) for m in tested]
-        agg["measured_biased"] = (worst > agg["bias_z_threshold"]).fillna(False).astype(bool)
-        agg["variant"] = [variant_label(row, cols) for _, row in agg.iterrows()]
-        parts.append(agg)
+    parts = [_summarize_suite(whole) for _, whole in frame.groupby("suite", sort=True)]
     out = pd.concat(parts, ignore_index=True)
     out["var_x_evals"], out["var_x_evals_se"] = cost_normalised(
         out["variance"], out["variance_se"], out["evals_per_estimate"])
@@ -262,6 +208,70 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     if dtypes > 1:
         out["platform"] = out["platform"] + " " + out["dtype"].astype(str)
     return out
+
+
+def _summarize_suite(whole: pd.DataFrame) -> pd.DataFrame:
+    """One suite's rows summarised per (cell, parameter), with the cell's bias test and the
+    variant label; the _gb, _gg, _gse sums feed the relative bias (summarize)."""
+    cols = suite_columns(whole)
+    keys = cols.keys
+    tensors = whole[whole["level"] == "tensor"]
+    grouped = _coordinate_rows(whole[whole["level"] != "tensor"]).groupby(
+        [*keys, "param"], dropna=False, sort=False)
+    agg = grouped.agg(
+        coords=("coord", "size"),
+        variance=("variance", "mean"),
+        variance_se=("variance_se", "mean"),
+        bias=("bias", "mean"),
+        bias_se=("bias_se", "mean"),
+        truth=("truth", "mean"),
+        truth_scale=("_abs_truth", "mean"),
+        _gb=("_gb", "sum"), _gg=("_gg", "sum"), _gse=("_gse", "sum"),
+        max_bias_z=("_z", "max"),
+        n=("n", "min"),
+        nonfinite=("nonfinite", "sum"),
+        evals_per_estimate=("evals_per_estimate", "first"),
+        seconds_per_estimate=("seconds_per_estimate", "first"),
+        seconds_per_estimate_se=("seconds_per_estimate_se", "first"),
+        unbiased=("unbiased", "first"),
+        estimator_family=("estimator_family", "first"),
+        device_name=("device_name", "first"),
+        truth_method=("truth_method", "first"),
+        run_id=("run_id", "first"),
+        reliable=("reliable", "all"),
+        mean_reliable=("mean_reliable", "all"),
+        reliability_reason=("reliability_reason", _first_reason),
+    ).reset_index()
+    agg = _with_tensor_rows(agg, tensors, [*keys, "param"])
+    # The bias test is per cell: all coordinates of all its parameters.
+    cell = agg.groupby(keys, dropna=False, sort=False)
+    tested = cell["coords"].transform("sum")
+    worst = cell["max_bias_z"].transform("max")
+    agg["bias_z_threshold"] = [decisions.bias_threshold(int(m)) for m in tested]
+    agg["measured_biased"] = (worst > agg["bias_z_threshold"]).fillna(False).astype(bool)
+    agg["variant"] = [variant_label(row, cols) for _, row in agg.iterrows()]
+    return agg
+
+
+def _coordinate_rows(part: pd.DataFrame) -> pd.DataFrame:
+    """Coordinate rows with what their aggregation needs: each coordinate's bias z, the terms
+    of the relative bias (_gb = g b, _gg = g², _gse = |g| SE) and variances at rounding level
+    set to 0."""
+    z = decisions.bias_z(part["bias"].to_numpy(float), part["bias_se"].to_numpy(float),
+                         part["truth"].to_numpy(float), part["mean"].to_numpy(float),
+                         part["dtype"].astype(str).to_numpy())
+    # A variance at rounding level (a deterministic estimator) is reported as 0, not as 1e-31
+    # stretching a log axis over 30 decades; the parquet keeps the raw value.
+    floor = decisions.rounding_floor(part["dtype"].astype(str).to_numpy(),
+                                     part["truth"].to_numpy(float),
+                                     part["mean"].to_numpy(float))
+    rounding = part["variance"].to_numpy(float) <= floor**2
+    return part.assign(
+        _abs_truth=part["truth"].abs(), _z=z,
+        _gb=part["truth"] * part["bias"], _gg=part["truth"] ** 2,
+        _gse=part["truth"].abs() * part["bias_se"],
+        variance=part["variance"].where(~rounding, 0.0),
+        variance_se=part["variance_se"].where(~rounding, 0.0))
 
 
 def _first_reason(reasons: pd.Series) -> str:

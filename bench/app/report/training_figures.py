@@ -1,6 +1,6 @@
 """Figures of bench train's results: training curves against steps and seconds, gradient
 variance along the trajectories, and (with --basket) every listed estimator's variance along
-each trajectory. Matplotlib on Agg, the look and helpers of gradbench.app.report.figures; every
+each trajectory. Matplotlib on Agg, the look and helpers of gradbench.app.report.figure_style; every
 band is mean ± 2 SE computed in pandas (training_summaries), never re-aggregated by seaborn."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from gradbench.app.report import figures as figs
-from gradbench.app.report.figures import FigureInfo, Style
+from gradbench.app.report import figure_style as figs
+from gradbench.app.report.figure_style import FigureInfo, Style
 from gradbench.app.report.training_summaries import (
     Metric,
     curve,
@@ -69,10 +69,10 @@ def curves_figure(rows: pd.DataFrame, metrics: Sequence[Metric], styles: Mapping
                                                  metric.higher_is_better else ""))
             axes[1][j].set_xlabel("training seconds (mean over seeds)")
             axes[0][j].set_xlabel("step")
-        figs._title(fig, f"{info.title}\nmean over seeds; band: ± 2 SE")
+        figs.figure_title(fig, f"{info.title}\nmean over seeds; band: ± 2 SE")
         fig.subplots_adjust(wspace=0.28, hspace=0.35)
-        figs._legend(fig, entries, drawn, lines=True)
-        figs._save(fig, path)
+        figs.figure_legend(fig, entries, drawn, lines=True)
+        figs.save_figure(fig, path)
     return info
 
 
@@ -114,10 +114,10 @@ def variance_figure(rows: pd.DataFrame, styles: Mapping[str, Style], path: Path,
             ax.set_xlabel("step")
             if j % width == 0:
                 ax.set_ylabel("variance of one estimate\n(trace of the covariance)")
-        figs._title(fig, f"{info.title}\nmean over seeds; band: ± 2 SE; log scale")
+        figs.figure_title(fig, f"{info.title}\nmean over seeds; band: ± 2 SE; log scale")
         fig.subplots_adjust(wspace=0.3, hspace=0.45)
-        figs._legend(fig, entries, drawn, lines=True)
-        figs._save(fig, path)
+        figs.figure_legend(fig, entries, drawn, lines=True)
+        figs.save_figure(fig, path)
     return info
 
 
@@ -151,8 +151,8 @@ def basket_figure(frame: pd.DataFrame, styles: Mapping[str, Style], path: Path,
             ax.set_title(f"trained with {variant}")
             ax.set_xlabel("step")
         axes[0][0].set_ylabel("total variance of one estimate")
-        figs._title(fig, f"{info.title}\nmean over seeds; band: ± 2 SE; log scale")
+        figs.figure_title(fig, f"{info.title}\nmean over seeds; band: ± 2 SE; log scale")
         fig.subplots_adjust(wspace=0.1)
-        figs._legend(fig, entries, set(measured), lines=True)
-        figs._save(fig, path)
+        figs.figure_legend(fig, entries, set(measured), lines=True)
+        figs.save_figure(fig, path)
     return info

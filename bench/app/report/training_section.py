@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from gradbench.app.report import training_figures as tfigs
-from gradbench.app.report.figures import FigureInfo, Style
+from gradbench.app.report.figure_style import FigureInfo, Style
 from gradbench.app.report.sections import slug
 from gradbench.app.report.training_summaries import final_table, metrics, own_rows, primary
 
