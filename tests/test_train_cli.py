@@ -248,6 +248,14 @@ def test_report_draws_the_training_figures(tmp_path):
     page = (tmp_path / "both" / "index.html").read_text()
     assert "Suite bernoulli-toy" in page and "Training: binary-latent" in page
     assert set(figures) <= {p.name for p in (tmp_path / "both").glob("*.png")}
+    # Cells and trajectories in separate folders, each named on the command line.
+    cells = invoke("run", "--suite", "bernoulli-toy", "-e", "score-function", "--samples", "100",
+                   "--set", "dim=1", "--set", "theta=0", "--out", tmp_path / "cells")
+    assert cells.exit_code == 0, cells.output
+    apart = invoke("report", tmp_path / "cells", tmp_path / "results", "--out", tmp_path / "apart")
+    assert apart.exit_code == 0, apart.output
+    page = (tmp_path / "apart" / "index.html").read_text()
+    assert "Suite bernoulli-toy" in page and "Training: binary-latent" in page
 
 
 def test_hyperparameters_apply_to_the_suites_default_estimators(tmp_path):

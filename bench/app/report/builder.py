@@ -50,7 +50,8 @@ def build_report(paths: Sequence[Path], out: Path | None = None) -> Path:
     trained = [] if training is None else [*training["estimator"], *training["variance_of"]]
     if training is not None and not _has_cells(paths):
         return _training_report(paths, training, out, figs.estimator_styles(trained))
-    frame, superseded = load(paths)
+    # Folders of trajectories alone are drawn by the training sections, not read as cells.
+    frame, superseded = load([path for path in paths if _has_cells([path])])
     summary = summarize(frame)
     out = prepare_out(Path(out) if out is not None else default_out(frame))
     styles = figs.estimator_styles([*summary["estimator"], *trained])
