@@ -18,7 +18,10 @@ a state of probability 1e-4 carried 99% of score-function-cv's variance).
 
 Computed over the joint support when it has at most MAX_STATES states (the enumeration truths'
 limit), otherwise per coordinate of q's batch from its marginal states with f = 1 (the score's
-own kurtosis), which ignores the cost and the interactions between coordinates.
+own kurtosis), which ignores the cost and the interactions between coordinates. That needs a
+parameter laid out along q's batch (logits, probabilities); a parameter that reaches q through a
+map (an encoder's weights, each feeding many latents) gets no rare-state verdict, and its rows
+rest on the other reliability rules.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import torch
 from torch import Tensor
 
 from gradbench.core.autograd import log_prob_sum, per_sample_grad
-from gradbench.core.enumeration import MAX_STATES, joint_support, support_size
+from gradbench.core.enumeration import MAX_STATES, blocks, joint_support, support_size
 from gradbench.core.problem import Problem
 from gradbench.core.reliability import RareStates
 
@@ -42,8 +45,11 @@ def rare_states(problem: Problem) -> dict[str, RareStates] | None:
     size = support_size(problem)
     if size is None:
         return None
+    # support_size counts one block's states where the cost splits into blocks (a VAE's data
+    # points); the joint over all blocks is then far too large to enumerate.
+    joint = size <= MAX_STATES and blocks(problem) == 1
     with torch.enable_grad():
-        return _joint(problem) if size <= MAX_STATES else _marginal(problem)
+        return _joint(problem) if joint else _marginal(problem)
 
 
 def _kurtosis(weight: Tensor, values: Tensor) -> Tensor:
@@ -94,10 +100,10 @@ def _marginal(problem: Problem) -> dict[str, RareStates]:
     batch = probs.shape[1]
     out = {}
     for name, score in scores.items():
+        shape = problem.params[name].shape
+        if shape[:len(q.batch_shape)] != q.batch_shape:
+            continue  # not laid out along q's batch: no per-coordinate states (see above)
         coords = score[0].numel()
-        if coords % batch:
-            raise ValueError(f"parameter {name} ({coords} coordinates) is not laid out along "
-                             f"q's batch of {batch}: no per-coordinate rare states")
         weight = probs.repeat_interleave(coords // batch, dim=1)  # batch-major layout
         out[name] = _states(_kurtosis(weight, score.reshape(count, -1)))
     return out
@@ -105,8 +111,8 @@ def _marginal(problem: Problem) -> dict[str, RareStates]:
 
 def at_columns(states: dict[str, RareStates] | None, name: str,
                columns: slice | Tensor) -> RareStates | None:
-    """One parameter's rare states at some of its coordinates."""
-    if states is None:
+    """One parameter's rare states at some of its coordinates (None where unknown)."""
+    if states is None or name not in states:
         return None
     index = columns if isinstance(columns, slice) else columns.cpu().numpy()
     return RareStates(probability=states[name].probability[index],
