@@ -25,5 +25,8 @@ step show "$run_dir"
 step show "$run_dir" --format json
 step report results --out report
 step check "$run_dir" --baseline "$run_dir"
-test -f report/index.html
+step train --suite binary-latent --steps 4 --seeds 1 --eval-every 2 --variance-draws 4 \
+    --out train
+step report train results --out both
+test -f report/index.html && test -f both/index.html
 echo "plain install: every command ran"
