@@ -24,7 +24,7 @@ import math
 import numpy as np
 import torch
 
-from gradbench.core.student_t import t_sf_array
+from gradbench.core.student_t import normal_isf, t_sf_array
 
 CELL_ALPHA = 1e-3  # per-cell false-alarm rate of the bias decision (table, report)
 MIN_Z = 4.0  # never call a bias significant below 4 SE
@@ -52,19 +52,6 @@ def normal_sf(z: np.ndarray) -> np.ndarray:
     cancellation); NaN stays NaN, +inf gives 0."""
     z = np.asarray(z, dtype=np.float64)
     return 0.5 * torch.special.erfc(torch.from_numpy(z / math.sqrt(2.0))).numpy()
-
-
-def normal_isf(p: float) -> float:
-    """z with P(Z > z) = p (0 < p < 1), by bisection on erfc (no scipy): 80 halvings of
-    [-40, 40] are below float64 resolution."""
-    low, high = -40.0, 40.0
-    for _ in range(80):
-        mid = 0.5 * (low + high)
-        if 0.5 * math.erfc(mid / math.sqrt(2.0)) > p:
-            low = mid
-        else:
-            high = mid
-    return 0.5 * (low + high)
 
 
 def bias_z(bias: np.ndarray, bias_se: np.ndarray, truth: np.ndarray, mean: np.ndarray,
