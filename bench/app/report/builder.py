@@ -51,7 +51,7 @@ def build_report(paths: Sequence[Path], out: Path | None = None) -> Path:
     if training is not None and not _has_cells(paths):
         return _training_report(paths, training, out, figs.estimator_styles(trained))
     # Folders of trajectories alone are drawn by the training sections, not read as cells.
-    frame, superseded = load([path for path in paths if _has_cells([path])])
+    frame, superseded = load([path for path in paths if not _only_trajectories(path)])
     summary = summarize(frame)
     out = prepare_out(Path(out) if out is not None else default_out(frame))
     styles = figs.estimator_styles([*summary["estimator"], *trained])
@@ -73,6 +73,11 @@ def build_report(paths: Sequence[Path], out: Path | None = None) -> Path:
     (out / "index.html").write_text(_html(context), encoding="utf-8")
     (out / "report.md").write_text(_markdown(context), encoding="utf-8")
     return out
+
+
+def _only_trajectories(path: Path) -> bool:
+    files = result_files(path) if path.exists() else []
+    return bool(files) and all(is_training_file(f) for f in files)
 
 
 def _has_cells(paths: Sequence[Path]) -> bool:
