@@ -231,7 +231,8 @@ def reference_gradient(x: Tensor, t: Tensors, names: tuple[str, ...], samples: i
     moments, done = Moments.zeros(width), 0
     while done < samples:
         m = min(chunk, samples - done)
-        z = (torch.rand(m, b, k, generator=generator, dtype=x.dtype) < probs).to(x.dtype)
+        u = torch.rand(m, b, k, generator=generator, dtype=x.dtype, device=generator.device)
+        z = (u.to(probs.device) < probs).to(x.dtype)
         with torch.no_grad():
             g = logit_gradients(x, z, t)
         copies = {name: t[name].detach().expand(m, *t[name].shape).clone().requires_grad_(True)

@@ -234,7 +234,9 @@ def _log_weights(x: Tensor, t: Mapping[str, Tensor], generator: torch.Generator)
     """log p(x_r, z) - log q(z | x_r) for GROUPS x DRAWS draws z ~ q per row: [J, S, R]."""
     groups, draws = _bounds.GROUPS, _bounds.DRAWS
     probs = torch.sigmoid(model.encoder_logits(x, t))
-    z = (torch.rand(groups * draws, *probs.shape, generator=generator, dtype=x.dtype) < probs
-         ).to(x.dtype)
+    # Drawn where the generator lives (the trajectory's device), used where the rows are.
+    u = torch.rand(groups * draws, *probs.shape, generator=generator, dtype=x.dtype,
+                   device=generator.device).to(probs.device)
+    z = (u < probs).to(x.dtype)
     log_w = -model.point_costs(x, z, t) * x.shape[0]  # point_costs holds -log w / R per row
     return log_w.reshape(groups, draws, x.shape[0])

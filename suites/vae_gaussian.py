@@ -234,7 +234,9 @@ def _log_weights(x: Tensor, t: Mapping[str, Tensor], generator: torch.Generator)
     """log p(x_r, z) - log q(z | x_r) for GROUPS x DRAWS draws z ~ q per row: [J, S, R]."""
     loc, scale = model.encoder_moments(x, t)
     groups, draws = _bounds.GROUPS, _bounds.DRAWS
-    eps = torch.randn(groups * draws, *loc.shape, generator=generator, dtype=loc.dtype)
+    # Drawn where the generator lives (the trajectory's device), used where the rows are.
+    eps = torch.randn(groups * draws, *loc.shape, generator=generator, dtype=loc.dtype,
+                      device=generator.device).to(loc.device)
     z = loc + scale * eps
     # point_costs is -(log p(x, z) - log q(z | x)) / R per row.
     log_w = -model.point_costs(x, z, t) * x.shape[0]
