@@ -15,28 +15,15 @@ must not grow with the number of estimates.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from peak_memory import measure  # same folder: one way to run a child and read its rusage
 
 BENCH = [sys.executable, "-m", "gradbench.app.cli", "run", "-s", "bayes-linear",
          "-e", "pathwise", "--set", "data=synthetic", "--set", "batch=128",
          "--set", "log_sigma=-3", "--set", "in_features=784", "--set", "out_features=256"]
-
-
-def measure(samples: int, out: Path) -> tuple[float, float, float]:
-    """(peak RSS MiB, wall s, CPU s) of one `bench run --samples N`."""
-    start = time.perf_counter()
-    child = subprocess.Popen([*BENCH, "--samples", str(samples), "--out", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"bench run --samples {samples} failed: {child.stderr.read().decode()}")
-    return usage.ru_maxrss / 1024, wall, usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -45,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for samples in (64, int(args.samples)):
-            rss, wall, cpu = measure(samples, Path(folder))
+            rss, wall, cpu = measure(samples, Path(folder), BENCH)
             verdict = "" if samples == 64 else (
                 f"; goal < 2048 MiB {'met' if rss < 2048 else 'MISSED'}")
             print(f"{samples:>8,} estimates: peak RSS {rss:7.1f} MiB, wall {wall:7.1f} s, "

@@ -24,10 +24,10 @@ BENCH = [sys.executable, "-m", "gradbench.app.cli", "run", "-s", "gaussian-quadr
          "--set", "dim=1", "--set", "sigma=1", "--set", "k=0", "--set", "mu=1"]
 
 
-def measure(samples: int, out: Path) -> tuple[float, float, float]:
-    """(peak RSS MiB, wall s, CPU s) of one `bench run --samples N`."""
+def measure(samples: int, out: Path, bench: list[str] = BENCH) -> tuple[float, float, float]:
+    """(peak RSS MiB, wall s, CPU s) of one `bench run --samples N` (the command `bench`)."""
     start = time.perf_counter()
-    child = subprocess.Popen([*BENCH, "--samples", str(samples), "--out", str(out)],
+    child = subprocess.Popen([*bench, "--samples", str(samples), "--out", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
