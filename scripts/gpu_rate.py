@@ -17,25 +17,21 @@ import time
 import torch
 
 from gradbench.app import measure, planning, process
+from gradbench.app.timing import synchronize
 
 SETTINGS = (("mu", 1.0), ("sigma", 1.0), ("k", 0.0), ("dim", 1))
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def randn_rate(device: str, dtype: str, size: int = 1 << 24, repeats: int = 20) -> float:
     """torch.randn into a preallocated buffer: the normals pathwise needs, at their own limit."""
     buffer = torch.empty(size, dtype=DTYPES[dtype], device=device)
     buffer.normal_()
-    sync(device)
+    synchronize(torch.device(device))
     start = time.perf_counter()
     for _ in range(repeats):
         buffer.normal_()
-    sync(device)
+    synchronize(torch.device(device))
     return size * repeats / (time.perf_counter() - start)
 
 
@@ -43,10 +39,10 @@ def rate(device: str, dtype: str, samples: int) -> tuple[float, float, dict]:
     cell = planning.Cell("gaussian-quadratic", SETTINGS, "pathwise", (), device, dtype,
                          samples, 0)
     measure.run_cell(dataclasses.replace(cell, samples=1 << 22, seed=1))  # warm: kernels, allocator
-    sync(device)
+    synchronize(torch.device(device))
     start = time.perf_counter()
     rows = measure.run_cell(cell)
-    sync(device)
+    synchronize(torch.device(device))
     wall = time.perf_counter() - start
     return samples / wall, rows["estimates_per_second"][0], rows
 

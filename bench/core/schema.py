@@ -272,10 +272,11 @@ def markdown_table(columns: tuple[Column, ...], families: dict[str, tuple[str, s
                    ) -> str:
     """The declared columns as a markdown table (README's schema section is this, verbatim:
     tests/test_readme.py keeps the two equal; scripts/schema_table.py rewrites it)."""
+    rows = [(f"`{c.name}`", c.role, c.type.__name__, c.description) for c in columns]
+    rows += [(f"`{family}[NAME]`", role, "float", text)
+             for family, (role, text) in (families or {}).items()]
     lines = ["| column | role | type | meaning |", "|---|---|---|---|"]
-    for column in columns:
-        text = column.description.replace("|", "\\|")
-        lines.append(f"| `{column.name}` | {column.role} | {column.type.__name__} | {text} |")
-    for family, (role, text) in (families or {}).items():
-        lines.append(f"| `{family}[NAME]` | {role} | float | {text.replace('|', chr(92) + '|')} |")
+    for name, role, kind, text in rows:
+        escaped = text.replace("|", "\\|")  # a pipe inside a cell would end it
+        lines.append(f"| {name} | {role} | {kind} | {escaped} |")
     return "\n".join(lines)
