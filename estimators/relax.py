@@ -197,6 +197,7 @@ def _warmup_evals(problem: Problem, warmup_steps: int = 200, warmup_batch: int =
     evals=3,
     warmup=warmup,
     warmup_evals=_warmup_evals,
+    surrogate=True,
 )
 def relax(problem: Problem, n: int, tau: float = 0.5, warmup_steps: int = 200,
           warmup_batch: int = 64, lr: float = 0.03, state: dict[str, Tensor] | None = None

@@ -135,3 +135,56 @@ def test_issue_12_categorical_repro_is_flagged_not_confidently_wrong():
         assert 2.5e4 < rows["samples_needed"][i] < 3.5e4
     tensor = rows["level"].index("tensor")
     assert rows["reliable"][tensor] is False
+
+
+# ---------------------------------------------------------------- learned surrogates
+
+
+def test_least_likely_state_is_the_smallest_class_probability_of_each_coordinate():
+    problem = get_suite("categorical").problem(
+        {"categories": 10, "dim": 2, "scale": 3.0, "t": 0.45})
+    least = rare_states(problem)["logits"].least_likely
+    p0 = torch.softmax(3.0 * torch.linspace(-1, 1, 10, dtype=torch.float64), 0)[0].item()
+    np.testing.assert_allclose(least, np.full(20, p0), rtol=1e-12)  # every logit of both rows
+    toy = get_suite("bernoulli-toy").problem({"theta": -2.5, "t": 0.45, "dim": 20})
+    np.testing.assert_allclose(rare_states(toy)["logits"].least_likely,
+                               1 / (1 + math.exp(2.5)), rtol=1e-12)
+
+
+def test_a_learned_surrogate_needs_its_least_likely_state_seen():
+    # p = 0.0012 (categorical, 10 classes, scale 3): a Bernoulli(p) skewness of 28.8 wants
+    # 28 + 25 g1^2 = 20,786 estimates for the mean, and n p >= 10 (n >= 8,334) for the variance.
+    p = 0.0012
+    def verdict(n, surrogate):
+        rare = RareStates(probability=np.array([np.inf]), kurtosis=np.array([1.0]),
+                          least_likely=np.array([p]))
+        rare = rare.for_surrogate() if surrogate else rare
+        return judge(n=np.array([n]), k_hat=np.array([0.1]), variance=np.array([1.0]),
+                     two_point=np.array([False]), rare=rare, skewness=np.array([0.0]))
+    g1 = (1 - 2 * p) / math.sqrt(p * (1 - p))
+    assert 28 + 25 * g1**2 == pytest.approx(20_786, abs=1)
+    for n, reliable, mean_reliable in [(5_000, False, False), (10_000, True, False),
+                                       (20_000, True, False), (21_000, True, True)]:
+        got = verdict(n, surrogate=True)
+        assert (got["reliable"][0], got["mean_reliable"][0]) == (reliable, mean_reliable), n
+        assert verdict(n, surrogate=False)["mean_reliable"][0]  # the reference rule: no objection
+    got = verdict(10_000, surrogate=True)
+    assert got["reliability_reason"][0].startswith("learned surrogate: the least likely state")
+    assert got["samples_needed"][0] == 21_000.0
+
+
+def test_relax_on_rare_categorical_classes_gets_no_bias_verdict():
+    # The two false alarms of 370 A/A pairs (docs/calibration-check.md): RELAX at scale 3.
+    request = planning.RunRequest(
+        suite="categorical", estimators=("relax", "score-function"), seed=3, samples=2000,
+        overrides=planning.parse_assignments(["categories=10", "dim=1", "scale=3.0"]))
+    cells = {cell.estimator: measure.run_cell(cell) for cell in planning.plan(request).cells}
+    relax = cells["relax"]
+    assert not any(relax["mean_reliable"])
+    # At n = 2000 the reference rule already flags the three rarest classes' logits (n p_eff
+    # < 10); the surrogate rule the other seven, whose reference terms are well sampled.
+    reasons = relax["reliability_reason"]
+    assert all(r.startswith(("learned surrogate", "rare states")) for r in reasons)
+    assert sum(r.startswith("learned surrogate") for r in reasons) == 7
+    # The reference rule alone leaves common classes' means testable for the score function.
+    assert any(cells["score-function"]["mean_reliable"])

@@ -31,7 +31,8 @@ levels BH reaches here (~1e-7) a t with 120 degrees of freedom has a tail severa
 normal's. Two-point rows (variance_df = inf) use the normal.
 
 Not testable. A row whose variance is not reliable at its n on either side (`reliable`: a heavy
-tail, rare states the sample may have missed, n < 50; gradbench.core.reliability) gets no
+tail, rare states the sample may have missed, a learned surrogate's least likely states unseen,
+n < 50; gradbench.core.reliability) gets no
 variance test, and a current row whose mean is not reliable (`mean_reliable`) no bias test:
 their SEs would be wrong in the direction that raises false alarms (issue 12: 5 of 15 clean
 categorical pairs). They are reported as "not testable at this n", with the reason and about

@@ -224,6 +224,8 @@ def _statistics_columns(cell: Cell, problem: Problem, measured: Measured,
     columns: dict[str, list] = {}
     rare = _cached(_RARE, (cell.suite, cell.suite_version, cell.settings, cell.device,
                            cell.dtype), lambda: rare_states(problem))
+    if rare is not None and get_estimator(cell.estimator).surrogate:
+        rare = {name: states.for_surrogate() for name, states in rare.items()}
     tail_column = 0
     coords = cell.coords
     blocks = _layout(problem, coords)[0]

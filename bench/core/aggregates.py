@@ -26,6 +26,7 @@ gate tests it against a Bonferroni bound over the tensor's `coords`.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -132,12 +133,15 @@ def _worst_coordinate(plain: dict[str, np.ndarray], truth: Tensor | None,
 
 def _verdict(row: dict[str, object], k_hat: float, rare: reliability.RareStates | None,
              n: Tensor) -> dict[str, object]:
-    """The tensor's reliability: its norms' tail, and its rarest coordinate's states."""
+    """The tensor's reliability: its norms' tail, and its rarest coordinate's states (for a
+    learned surrogate, with the least likely state over all its coordinates)."""
     worst = None
     if rare is not None and np.isfinite(rare.probability).any():
         worst = int(np.nanargmin(rare.probability))
-        rare = reliability.RareStates(probability=rare.probability[worst:worst + 1],
-                                      kurtosis=rare.kurtosis[worst:worst + 1])
+        least = rare.least_likely
+        rare = rare.at(slice(worst, worst + 1))
+        if least is not None and np.isfinite(least).any():
+            rare = replace(rare, least_likely=np.array([np.nanmin(least)]))
     else:  # no coordinate has rare states (p_eff infinite: two equally likely values)
         rare = None
     count = int(n.min()) if worst is None else int(n[worst])

@@ -45,6 +45,9 @@ class Estimator:
     memory: Callable[..., float] | None = None
     description: str = ""
     evals_text: str = ""  # the cost in words, for `bench list`
+    # A control variate learned from draws (RELAX's network): judged by its least likely
+    # states, which the fit seldom saw (gradbench.core.reliability).
+    surrogate: bool = False
 
     def applicability(self, problem: Problem) -> str | None:
         """None when this estimator applies to the problem, else the first reason it does not."""
@@ -97,12 +100,15 @@ def register_estimator(
     warmup: Callable[..., Any] | None = None,
     warmup_evals: Callable[..., float] | None = None,
     memory: Callable[..., float] | float | None = None,
+    surrogate: bool = False,
 ) -> Callable[[EstimatorFn], EstimatorFn]:
     """Register `fn` under `name`. `evals` is the cost in evaluations of f per estimate: a number
     or a function of (problem, **hyperparams). `memory` (same forms) is the working memory of one
     estimate in multiples of the parameters' size, when it differs from `evals` (an estimator
     that computes once per batch and repeats, say). `version`: bump it when the estimator's
-    output changes, so `bench check` reports old baselines as not comparable."""
+    output changes, so `bench check` reports old baselines as not comparable. `surrogate`: the
+    estimate uses a function learned from draws (a network), whose error at states the fit
+    seldom saw nothing bounds; its rows then need every state of q seen often enough."""
 
     def decorate(fn: EstimatorFn) -> EstimatorFn:
         if name in _REGISTRY:
@@ -120,7 +126,7 @@ def register_estimator(
             hyperparams={h.name: h for h in hyperparams}, evals=_as_function(evals),
             version=version, warmup=warmup, warmup_evals=warmup_evals,
             memory=_as_function(memory), description=doc[0] if doc else "",
-            evals_text=cost_text,
+            evals_text=cost_text, surrogate=surrogate,
         )
         return fn
 

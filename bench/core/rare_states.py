@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -49,7 +50,31 @@ def rare_states(problem: Problem) -> dict[str, RareStates] | None:
     # points); the joint over all blocks is then far too large to enumerate.
     joint = size <= MAX_STATES and blocks(problem) == 1
     with torch.enable_grad():
-        return _joint(problem) if joint else _marginal(problem)
+        states = _joint(problem) if joint else _marginal(problem)
+    least = _least_likely(problem)
+    return {name: RareStates(probability=s.probability, kurtosis=s.kurtosis,
+                             least_likely=least.get(name, np.full(len(s.probability), np.nan)))
+            for name, s in states.items()}
+
+
+def _least_likely(problem: Problem) -> dict[str, np.ndarray]:
+    """Per parameter laid out along q's batch, per coordinate: the probability of the least
+    likely value of that coordinate's component of q (the rule for learned surrogates in
+    gradbench.core.reliability). Parameters reaching q through a map get none."""
+    q = problem.q()
+    if not getattr(q, "has_enumerate_support", False):
+        return {}
+    with torch.no_grad():
+        values = q.enumerate_support(expand=True)  # [K, *batch, *event]
+        probs = q.log_prob(values).to(_F64).exp().reshape(values.shape[0], -1)
+        least = probs.min(0).values  # [batch coords]
+    out = {}
+    for name, value in problem.params.items():
+        if value.shape[:len(q.batch_shape)] != q.batch_shape:
+            continue
+        per = value.numel() // max(least.numel(), 1)
+        out[name] = least.repeat_interleave(per).cpu().numpy()  # batch-major, as _marginal
+    return out
 
 
 def _kurtosis(weight: Tensor, values: Tensor) -> Tensor:
@@ -114,6 +139,4 @@ def at_columns(states: dict[str, RareStates] | None, name: str,
     """One parameter's rare states at some of its coordinates (None where unknown)."""
     if states is None or name not in states:
         return None
-    index = columns if isinstance(columns, slice) else columns.cpu().numpy()
-    return RareStates(probability=states[name].probability[index],
-                      kurtosis=states[name].kurtosis[index])
+    return states[name].at(columns if isinstance(columns, slice) else columns.cpu().numpy())
