@@ -5,6 +5,7 @@
     .venv/bin/python scripts/calibrate_check.py --config all --runs 40            # every suite
     .venv/bin/python scripts/calibrate_check.py --config ci --runs 80             # CI's gate runs
     .venv/bin/python scripts/calibrate_check.py --config bernoulli-toy --samples 2000 --runs 100
+    .venv/bin/python scripts/calibrate_check.py --config categorical --runs 740 --refresh relax
     .venv/bin/python scripts/calibrate_check.py --table docs/calibration-check.md  # cached reports
 
 A configuration is one suite's default grid (every estimator that applies), at its default
@@ -17,6 +18,9 @@ folder per part and seed under --cache; an interrupted call resumes its half-fin
 runs of a call are made by one process: warm-ups and rare-state enumerations, pure functions of
 a cell's configuration, are then computed once per configuration (gradbench.app.measure), which
 made a categorical run ~6x cheaper. The wall time of every run is recorded.
+
+--refresh ESTIMATOR re-measures one estimator's cells of the cached runs when a change to the
+reliability rules touched only that estimator (see `refresh`), so the cache need not be rebuilt.
 
 Phase 2 (cheap): disjoint seed pairs (0, 1), (2, 3), ..., so pairs are independent and a
 binomial interval is honest; each seed's results are all its parts together.
@@ -39,17 +43,19 @@ import math
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from scipy.stats import beta
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradbench.app import check, check_summary, execute, planning  # noqa: E402
+from gradbench.app import check, check_summary, execute, measure, planning  # noqa: E402
 from gradbench.app.errors import BenchError  # noqa: E402
 from gradbench.core.suite import all_suites, get_suite  # noqa: E402
 from gradbench.results import store  # noqa: E402
@@ -136,6 +142,50 @@ def generate(parts: list[Part], runs: int, cache: Path) -> tuple[list[list[Path]
             seconds += json.loads(timing.read_text()) if timing.exists() else math.nan
             seeds[i].append(done)
     return seeds, seconds
+
+
+# Written by measure after the estimates: what a change of the reliability rules changes.
+VERDICTS = ("reliable", "mean_reliable", "reliability_reason", "samples_needed")
+ESTIMATES = ("n", "mean", "variance", "variance_se", "kurtosis", "skewness", "tail_index")
+
+
+def refresh(parts: list[Part], runs: int, cache: Path, estimator: str) -> None:
+    """Re-measure one estimator's cells of every cached run with the current code and replace
+    their verdict columns (VERDICTS), after a change to the reliability rules that touches only
+    that estimator: a cell's draws are a function of its seed, so its estimates must come out
+    bitwise identical (checked on ESTIMATES; a mismatch stops the refresh). Resumable: a seed
+    done is marked with refreshed-<estimator>-<rules>.json, <rules> a hash of the rule code."""
+    rules = hashlib.sha256(b"".join((ROOT / "bench" / "core" / name).read_bytes() for name in
+                                    ("reliability.py", "rare_states.py"))).hexdigest()[:8]
+    for part in parts:
+        for i in range(runs):
+            folder = part.folder(cache) / f"seed-{BASE_SEED + i:05d}"
+            marker = folder / f"refreshed-{estimator}-{rules}.json"
+            run_dir = finished_run(folder)
+            if marker.exists() or run_dir is None:
+                continue
+            request = replace(part.request(BASE_SEED + i), estimators=(estimator,))
+            for cell in planning.plan(request).cells:
+                _refresh_cell(run_dir / f"{cell.cell_id}.parquet", measure.run_cell(cell))
+            marker.write_text(json.dumps({"estimator": estimator, "rules": rules}))
+            print(f"seed {BASE_SEED + i} {part.spec}: {estimator} verdicts refreshed", flush=True)
+
+
+def _refresh_cell(path: Path, rows: dict[str, list]) -> None:
+    table = pq.read_table(path)
+    for name in ESTIMATES:
+        old, new = table.column(name).to_pylist(), rows[name]
+        same = all(a == b or (a != a and b != b) for a, b in zip(old, new, strict=True))
+        if not same:
+            raise BenchError(f"{path}: {name} differs from the cached run; refresh needs the "
+                             f"same draws (rerun the calibration in a new --cache instead)")
+    for name in VERDICTS:
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, table.schema.field(index),
+                                 pa.array(rows[name], type=table.schema.field(index).type))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    store.atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 # ---------------------------------------------------------------- phase 2: analysis
@@ -231,6 +281,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="seeds; pairs = runs // 2")
     parser.add_argument("--inflation", type=float, default=1.25)
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "calibration")
+    parser.add_argument("--refresh", default=None, metavar="ESTIMATOR",
+                        help="re-measure this estimator's cached cells with the current "
+                             "reliability rules before the analysis (no new seeds)")
     parser.add_argument("--table", type=Path, default=None,
                         help="write the table of every cached report here (no new runs)")
     args = parser.parse_args()
@@ -244,6 +297,8 @@ def main() -> None:
                  (sorted(all_suites()) if c == "all" else [c])]
         for name in names:
             parts = configuration(name, args.samples)
+            if args.refresh:
+                refresh(parts, args.runs, args.cache, args.refresh)
             seeds, seconds = generate(parts, args.runs, args.cache)
             start = time.perf_counter()
             report = analyse(seeds, args.inflation)
