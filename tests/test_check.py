@@ -112,8 +112,9 @@ def test_estimators_with_a_warm_up_are_tested_against_the_tolerance():
 
 def test_one_estimators_regression_does_not_lower_the_bar_for_another():
     # 1000 rows of estimator A regress beyond doubt. B has one bias z = 3.5 (p = 4.7e-4): one
-    # global BH over all 2002 tests would reject it (rank 1001: 0.005 * 1001 / 2002 = 0.0025);
-    # B's own family (1 bias test) stands at alpha * 1 / 2002 = 2.5e-6 and must not.
+    # global BH over all 2002 tests at the default alpha 0.001 would reject it (rank 1001:
+    # 0.001 * 1001 / 2002 = 5.0e-4); B's own family (1 bias test) stands at alpha * 1 / 2002 =
+    # 5e-7 and must not.
     base = frame(*[row(estimator="A", coord=c) for c in range(1000)], row(estimator="B"))
     cur = frame(*[row(estimator="A", coord=c, variance=2.0, variance_se=0.04)
                   for c in range(1000)], row(estimator="B", bias=0.035, mean=1.035))

@@ -300,7 +300,7 @@ def check_command(
         "(default 1.15).")] = None,
     alpha: Annotated[float | None, typer.Option(
         help="Level of the tests: the chance that a clean run fails, Benjamini-Hochberg over "
-        "all rows (default 0.005).")] = None,
+        "all rows (default 0.001).")] = None,
     markdown: Annotated[Path | None, typer.Option(
         help="Also write a Markdown summary here (e.g. $GITHUB_STEP_SUMMARY).")] = None,
     allow_missing: Annotated[bool, typer.Option(
