@@ -193,9 +193,7 @@ def _refresh_cell(path: Path, rows: dict[str, list]) -> None:
         index = table.schema.get_field_index(name)
         table = table.set_column(index, table.schema.field(index),
                                  pa.array(rows[name], type=table.schema.field(index).type))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    store.atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    store.write_parquet(path, table)
 
 
 # ---------------------------------------------------------------- phase 2: analysis
@@ -231,6 +229,8 @@ def _power(result: check.CheckResult) -> tuple[int, int]:
 
 def _at_alpha(result: check.CheckResult, alpha: float) -> check.CheckResult:
     """The same comparison decided at another alpha (the tests' statistics do not change)."""
+    if alpha == result.alpha:
+        return result
     rows, tests = check_tests.decide(result.rows, result.tolerance, alpha)
     return replace(result, rows=rows, alpha=alpha, tests=tests)
 
@@ -258,7 +258,7 @@ def analyse(seeds: list[list[Path]], inflation: float) -> dict:
             level["failing"] += power_a.failed
             level["hit"] += hit
             level["testable"] += testable
-        hit, testable = _power(power)
+        hit, testable = _power(power)  # at the default alpha, as `null`
         print(f"pair {i}: null {'FLAGGED' if null.failed else 'clean'}, inflated "
               f"{hit}/{testable} testable cells flagged", flush=True)
     by_alpha = {str(alpha): {"false_alarms": level["alarms"],
@@ -306,11 +306,8 @@ def table(cache: Path) -> str:
 
 
 def _at_level(report: dict, alpha: float) -> list[str]:
-    """False alarms, runs failing and cells flagged at `alpha`; reports older than the sweep
-    have them only at the alpha they were analysed at (then 0.005)."""
+    """False alarms, runs failing and cells flagged at `alpha` ('-' where not analysed)."""
     level = report.get("by_alpha", {}).get(str(alpha))
-    if level is None and "by_alpha" not in report and alpha == 0.005:
-        level = report
     if level is None:
         return ["-", "-", "-"]
     k, pairs = level["false_alarms"], report["pairs"]

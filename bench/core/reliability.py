@@ -37,7 +37,7 @@ tail (constant k) would need more: the number is a lower bound then, and says so
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -77,13 +77,12 @@ class RareStates:
     def at(self, index: slice | np.ndarray) -> RareStates:
         """These states at some coordinates."""
         least = None if self.least_likely is None else self.least_likely[index]
-        return RareStates(probability=self.probability[index], kurtosis=self.kurtosis[index],
-                          least_likely=least, surrogate=self.surrogate)
+        return replace(self, probability=self.probability[index],
+                       kurtosis=self.kurtosis[index], least_likely=least)
 
     def for_surrogate(self) -> RareStates:
         """The states as judged for an estimator with a learned surrogate."""
-        return RareStates(probability=self.probability, kurtosis=self.kurtosis,
-                          least_likely=self.least_likely, surrogate=True)
+        return replace(self, surrogate=True)
 
 
 def bernoulli_skewness(p: np.ndarray) -> np.ndarray:
@@ -143,7 +142,7 @@ def judge(n: np.ndarray, k_hat: np.ndarray, variance: np.ndarray, two_point: np.
     with np.errstate(invalid="ignore"):
         heavy = random & ~is_rare & ~two_point & ~few & (k > bound)
         heavy_mean = heavy & (k / 2.0 > bound)
-    skewed = random & ~is_rare & ~two_point & ~few & (n < 28.0 + 25.0 * g * g)
+    skewed = random & ~is_rare & ~two_point & ~few & (n < skewness_needs(g))
     unseen_mean, unseen = _surrogate_flags(n, rare, random & ~is_rare & ~two_point & ~few)
     reasons = np.full(rows, "", dtype=object)
     needed = np.full(rows, np.nan)

@@ -72,8 +72,8 @@ __all__ = [
     "hyperparam_columns", "is_training_file", "metadata_columns", "new_run_id", "prepare_out",
     "read_results", "read_run_json", "read_training", "result_files", "run_dirs",
     "run_files_dir", "run_json_path", "run_metadata", "set_aside", "setting_columns",
-    "training_files", "trajectory_table", "write_cell", "write_error", "write_run_json",
-    "write_trajectory", "writing",
+    "training_files", "trajectory_table", "write_cell", "write_error", "write_parquet",
+    "write_run_json", "write_trajectory", "writing",
 ]
 
 # Metadata repeated on every row (the rest stays in the run's JSON).
@@ -200,15 +200,20 @@ def cell_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa.Table
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
+def write_parquet(path: Path, table: pa.Table) -> None:
+    """Write a table as zstd parquet atomically (temp file + rename): no half-written files."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
 def write_cell(run_dir: Path, cell_id: str, columns: Mapping[str, list],
                meta: Mapping[str, Any]) -> Path:
-    """Write one finished cell's rows atomically (temp file + rename): no half-written files.
-    A failed write raises ResultsError (StorageFull for a full disk)."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(cell_table(columns, meta), sink, compression="zstd")
+    """Write one finished cell's rows atomically (write_parquet). A failed write raises
+    ResultsError (StorageFull for a full disk)."""
     path = run_dir / f"{cell_id}.parquet"
     try:
-        atomic_write_bytes(path, sink.getvalue().to_pybytes())
+        write_parquet(path, cell_table(columns, meta))
     except OSError as error:
         raise writing(path, error) from None
     return path
@@ -243,10 +248,8 @@ def trajectory_table(columns: Mapping[str, list], meta: Mapping[str, Any]) -> pa
 def write_trajectory(run_dir: Path, trajectory_id: str, columns: Mapping[str, list],
                      meta: Mapping[str, Any]) -> Path:
     """Write one finished trajectory's rows atomically, as write_cell does for a cell."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(trajectory_table(columns, meta), sink, compression="zstd")
     path = run_dir / f"{trajectory_id}.parquet"
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    write_parquet(path, trajectory_table(columns, meta))
     return path
 
 
