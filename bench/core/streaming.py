@@ -12,12 +12,12 @@ import torch
 from torch import Tensor
 
 from gradbench.core.moments import Moments
+from gradbench.core.tail_buffer import TailBuffer, Tails
 
 _F64 = torch.float64
 BLOCK_BYTES = 1 << 19  # one column block of a CPU chunk: 512 KiB, a quarter of a core's L2
 MAX_GROUPS = 64
 GROUP_BYTES = 128 << 20  # memory for the per-group sums (two float64 [G, C] tensors)
-STAGE_ROWS = 2048  # rows of deviations staged before a merge into the tail buffer
 
 
 def group_count(samples: int, coords: int) -> int:
@@ -37,23 +37,6 @@ class GroupSums:
     s1: Tensor  # [G, C]
     s2: Tensor  # [G, C]
     shift: Tensor  # [C]
-
-
-@dataclass(frozen=True)
-class Tails:
-    """The largest |x - shift| per tracked coordinate (signed values, [T, K], fewer rows while
-    fewer were seen) and the largest ||x_b - shift_b||^2 per block b of several coordinates."""
-
-    coords: Tensor  # [K] indices of the tracked coordinates
-    deviations: Tensor  # [T, K]
-    norms: Tensor  # [T, B'] for the blocks of more than one coordinate:
-    norm_blocks: tuple[int, ...] = ()  # their indices among the blocks
-
-    def block_norms(self, block: int) -> Tensor:
-        """The largest norms of one block [T] (empty for a one-coordinate block)."""
-        if block in self.norm_blocks:
-            return self.norms[:, self.norm_blocks.index(block)]
-        return torch.zeros(0, dtype=_F64)
 
 
 class StreamingMoments:
@@ -107,7 +90,7 @@ class StreamingMoments:
                              if samples else None)
         if tail_coords is not None and torch.equal(tail_coords.cpu(), torch.arange(coords)):
             tail_coords = None  # every column, in order: no gather (a copy of each chunk)
-        self._tails = _TailBuffer(tail_coords, tail_size, blocks, device) if tail_size else None
+        self._tails = TailBuffer(tail_coords, tail_size, blocks, device) if tail_size else None
 
     def add(self, x: Tensor) -> None:
         """Add a chunk x [n, C] (any float dtype; float64 accumulation)."""
@@ -254,104 +237,3 @@ class StreamingMoments:
         if self._tails is None:
             raise ValueError("StreamingMoments keeps tails only when given `tail_size`")
         return self._tails.result()
-
-
-class _TailBuffer:
-    """The `size` largest |d| per tracked column and the largest block norms ||d_b||^2. Chunks
-    are staged and merged with topk once the stage holds STAGE_ROWS (or `size`) rows: merging
-    every chunk re-sorted the whole buffer each time (measured: 3.6x the cost of the moments on
-    a 1000-coordinate cell with 64-row chunks)."""
-
-    def __init__(self, coords: Tensor | None, size: int, blocks: Sequence[tuple[int, int]],
-                 device: torch.device | str) -> None:
-        self.coords = coords
-        self.size = size
-        self.stage_rows = max(size, STAGE_ROWS)
-        # Blocks of one coordinate need no norm: their tail is their coordinate's.
-        self.blocks = [(a, b) for a, b in blocks if b - a > 1]
-        self.block_index = [i for i, (a, b) in enumerate(blocks) if b - a > 1]
-        self.deviations: Tensor | None = None
-        self.norms: Tensor | None = None
-        self.floor: tuple[Tensor, Tensor | None] | None = None
-        self.staged: list[tuple[Tensor, Tensor | None]] = []
-        self.staged_rows = 0
-
-    def norm_accumulator(self, rows: int, x: Tensor) -> Tensor | None:
-        """Zeros [B', rows] for a chunk's block norms, filled column block by column block."""
-        if not self.blocks:
-            return None
-        return torch.zeros(len(self.blocks), rows, dtype=_F64, device=x.device)
-
-    def add_norms(self, norms: Tensor, square: Tensor, cols: slice) -> None:
-        """Add the squared deviations [m, width] of the columns `cols` to the rows' norms of the
-        blocks they overlap (norms [B', m], a view into the chunk's accumulator)."""
-        start, stop = cols.start or 0, cols.stop if cols.stop is not None else square.shape[1]
-        for index, (a, b) in enumerate(self.blocks):
-            lo, hi = max(a, start), min(b, stop)
-            if lo < hi:
-                norms[index] += square[:, lo - start:hi - start].sum(1)
-
-    def add(self, tracked: Tensor, norms: Tensor | None) -> None:
-        """Stage a chunk's deviations in the tracked columns [m, K] and its block norms [B', m].
-        Once the buffer is full, only rows above some column's current floor can enter (a
-        host-side decision, so CPU only): in a long stream few rows of a chunk do."""
-        # Handled transposed, [columns, rows]: topk along contiguous memory ran 3x faster, and
-        # many-estimate chunks arrive coordinate-major, so the transpose is contiguous already.
-        tracked = tracked.T
-        if self.floor is not None and tracked.device.type == "cpu":
-            hit = _above(tracked * tracked, self.floor[0])
-            if norms is not None:
-                hit |= _above(norms, self.floor[1])
-            index = hit.nonzero()[:, 0]
-            if index.numel() == 0:
-                return
-            if index.numel() * 2 < hit.shape[0]:
-                tracked = tracked.index_select(1, index)
-                norms = None if norms is None else norms.index_select(1, index)
-        self.staged.append((tracked.contiguous(), norms))
-        self.staged_rows += tracked.shape[1]
-        if self.staged_rows >= self.stage_rows:
-            self._flush()
-
-    def _flush(self) -> None:
-        if not self.staged:
-            return
-        tracked = torch.cat([t for t, _ in self.staged], dim=1)
-        self.deviations = self._merge(self.deviations, tracked, by_magnitude=True)
-        if self.blocks:
-            norms = torch.cat([n for _, n in self.staged], dim=1)
-            self.norms = self._merge(self.norms, norms, by_magnitude=False)
-        self.staged, self.staged_rows = [], 0
-        if self.deviations.shape[1] >= self.size:  # floors of the squared deviations
-            self.floor = (self.deviations.square().amin(1),
-                          None if self.norms is None else self.norms.amin(1))
-
-    def _merge(self, buffer: Tensor | None, new: Tensor, by_magnitude: bool) -> Tensor:
-        values = new if buffer is None else torch.cat((buffer, new), dim=1)
-        if values.shape[1] <= self.size:
-            return values
-        keys = values.abs() if by_magnitude else values
-        index = torch.topk(keys, self.size, dim=1, sorted=False).indices
-        return torch.gather(values, 1, index)
-
-    def result(self) -> Tails:
-        self._flush()
-        columns = (self.coords if self.coords is not None else
-                   torch.arange(0 if self.deviations is None else self.deviations.shape[0]))
-        empty = torch.zeros(0, 0, dtype=_F64)
-        return Tails(coords=columns,
-                     deviations=self.deviations.T if self.deviations is not None else empty,
-                     norms=self.norms.T if self.norms is not None else empty,
-                     norm_blocks=tuple(self.block_index))
-
-
-def _above(values: Tensor, floor: Tensor) -> Tensor:
-    """Per column of values [K, m]: whether some row exceeds its floor [K]. A reduction over a
-    short first axis is slow in torch (a [2, 32768] any(0) took 13x a contiguous pass), so few
-    rows are compared one by one."""
-    if values.shape[0] > 16:
-        return (values > floor[:, None]).any(0)
-    hit = values[0] > floor[0]
-    for row in range(1, values.shape[0]):
-        hit |= values[row] > floor[row]
-    return hit
