@@ -282,12 +282,13 @@ def test_same_code_another_seed_passes():
     assert len(result.matched) == len(base) == 4 * 2 * 2 * 4
     # naive's zero variance is compared exactly, not tested; each unbiased estimator's 12
     # coordinate rows get a bias test, its 12 coordinate and 4 tensor rows a variance test,
-    # except rows not reliable at n = 4000 (score-function's d/dsigma tail, on either side).
+    # except rows not reliable at n = 4000 (score-function's d/dsigma tail, on either side; the
+    # current side's for bias).
     rows = result.rows
     reliable = rows["reliable_c"] & rows["reliable_b"]
     variance = int(((rows["estimator"] != "naive") & reliable).sum())
     bias = int(((rows["estimator"] != "naive") & (rows["level"] == "coord")
-                & rows["mean_reliable_c"]).sum())
+                & rows["mean_reliable_c"] & rows["reliable_c"]).sum())
     assert result.tests == variance + bias
     assert variance >= 2 * 2 * 2 * 4  # pathwise and measure-valued are reliable throughout
     assert (rows.loc[~reliable, "verdict"] == check.NOT_TESTABLE).all()

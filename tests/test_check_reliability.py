@@ -8,11 +8,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from helpers import invoke
 from scipy import stats
 from test_check import frame, row
 
 from gradbench.app import check, check_summary
+from gradbench.results import decisions
 
 REASON = ("heavy tail: k-hat 1.20 > 0.70 for n = 4000 (squared deviations, 189 largest); "
           "about 81,000 needed if the tail is stretched-exponential")
@@ -33,12 +35,15 @@ def test_unreliable_rows_are_not_testable_neither_passed_nor_failed():
     verdicts = result.rows.set_index("coord")["verdict"]
     assert (verdicts == check.NOT_TESTABLE).all()
     assert result.rows["z_variance"].isna().all()
-    assert result.rows.set_index("coord")["z_bias"].isna().tolist() == [False, True, False]
+    # Coordinate 0's mean is reliable but its variance is not: the bias test's SE sqrt(s^2 / n)
+    # is as untrustworthy as s^2, so the bias is not tested either.
+    assert result.rows.set_index("coord")["z_bias"].isna().tolist() == [True, True, False]
     cells = check_summary.untestable_cells(result)
     assert len(cells) == 1 and cells.loc[0, "rows"] == 3
     assert cells.loc[0, "samples_needed"] == 81_000.0
     reasons = " ".join(result.rows["untestable"])
-    assert "variance: heavy tail" in reasons and "variance and bias: rare states" in reasons
+    assert "variance and bias: heavy tail" in reasons
+    assert "variance and bias: rare states" in reasons
     assert "variance: baseline: heavy tail" in reasons
     assert any(line.startswith(check.NOT_TESTABLE) for line in
                check_summary.summary_lines(result))
@@ -54,8 +59,43 @@ def test_cli_prints_not_testable_cells_with_reason(tmp_path):
                     str(tmp_path / "b.parquet"))
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert "not testable at this n (variance: heavy tail: k-hat 1.20" in text
+    assert "not testable at this n (variance and bias: heavy tail: k-hat 1.20" in text
     assert "about 81,000 needed" in text
+
+
+def test_skewness_corrected_bias_p_value_holds_its_level_where_t_alone_does_not():
+    # Studentised means of n = 200 exponential draws (skewness 2): the two-sided tail beyond 3.0
+    # by simulation (4e5 replications, fixed seed) against Student's t alone and with the
+    # Cramer-type factor. t alone is anti-conservative by many SEs; the correction must not be
+    # (it may over-shoot: its next term is O(x^4 / n)).
+    n, reps, x = 200, 400_000, 3.0
+    generator = torch.Generator().manual_seed(12)
+    hits = 0
+    for _ in range(reps // 50_000):
+        draws = torch.empty(50_000, n, dtype=torch.float64).exponential_(generator=generator)
+        t = (draws.mean(1) - 1.0) / (draws.std(1) / math.sqrt(n))
+        hits += int((t.abs() >= x).sum())
+    observed = hits / reps
+    se = math.sqrt(observed * (1 - observed) / reps)
+    plain = 2 * stats.t.sf(x, n - 1)
+    corrected = decisions.skewed_two_sided_p(np.array([x]), np.array([n - 1.0]),
+                                             np.array([2.0]), np.array([n]))[0]
+    assert plain < observed - 5 * se
+    assert corrected > observed - 3 * se
+    assert corrected == pytest.approx(plain * math.cosh(2.0 * x**3 / (3 * math.sqrt(n))))
+    # The sign of z does not matter (two-sided), NaN skewness means no correction.
+    both = decisions.skewed_two_sided_p(np.array([-x, x, np.inf]), np.array([n - 1.0] * 3),
+                                        np.array([-2.0, np.nan, 2.0]), np.array([n] * 3))
+    assert both[0] == pytest.approx(corrected) and both[1] == pytest.approx(plain)
+    assert both[2] == 0.0
+
+
+def test_bias_test_of_a_skewed_row_uses_the_corrected_tail():
+    # z = 4.4 at n = 10000: skewness -3 multiplies the t tail by cosh(3 x 4.4^3 / 300) = 1.6.
+    cur = frame(row(n=10_000, bias=0.044, mean=1.044, skewness=-3.0))
+    rows = check.compare(cur, frame(row(n=10_000))).rows
+    expected = 2 * stats.t.sf(4.4, 9999) * math.cosh(3.0 * 4.4**3 / 300.0)
+    assert rows["p_bias"].iloc[0] == pytest.approx(expected, rel=1e-6)
 
 
 def test_variance_p_values_use_student_t_with_welch_degrees_of_freedom():

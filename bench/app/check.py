@@ -76,7 +76,7 @@ VERSION_COLUMNS = ("gradbench_version", "torch_version")
 _DEFAULTS = {"warmup_evals": 0, "suite_version": 0, "estimator_version": 0,
              "variance_df": math.inf, "reliable": True, "mean_reliable": True,
              "reliability_reason": "", "samples_needed": math.nan, "param_size": 1,
-             "level": "coord"}
+             "level": "coord", "skewness": math.nan}
 
 
 @dataclass
@@ -176,7 +176,7 @@ def _versions(cur: pd.DataFrame, base: pd.DataFrame) -> pd.DataFrame:
 _SIDE_COLUMNS = ("variance", "variance_se", "variance_df", "mean", "bias", "bias_se", "truth",
                  "truth_method", "unbiased", "n", "nonfinite", "warmup_evals", "samples", "seed",
                  "run_id", "reliable", "mean_reliable", "reliability_reason", "samples_needed",
-                 "param_size")
+                 "param_size", "skewness")
 
 
 def compare(

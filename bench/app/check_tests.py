@@ -21,7 +21,9 @@
     "ratio <= tolerance": z = (log(v_c / v_b) - log(tolerance)) / SE, at the cost of power.
   bias: H0 E[estimate] = truth, two-sided z = |bias| / bias_se (bias_se already holds the
     reference truth's SE where the truth is a reference value), referred to Student's t with
-    n - 1 degrees of freedom. Tested on the current run alone: a registered-unbiased estimator
+    n - 1 degrees of freedom, its tail widened for skewed draws by the Cramer-type factor
+    cosh(g |z|^3 / (3 sqrt n)) (decisions.skewed_two_sided_p): in the A/A calibration every
+    bias false alarm had z of the sign opposite to its row's skewness, as that factor predicts. Tested on the current run alone: a registered-unbiased estimator
     that is biased is wrong whatever the baseline says.
 
 Degrees of freedom. variance_se is a grouped-jackknife SE with variance_df = G - 1 degrees of
@@ -33,7 +35,8 @@ normal's. Two-point rows (variance_df = inf) use the normal.
 Not testable. A row whose variance is not reliable at its n on either side (`reliable`: a heavy
 tail, rare states the sample may have missed, a learned surrogate's least likely states unseen,
 n < 50; gradbench.core.reliability) gets no
-variance test, and a current row whose mean is not reliable (`mean_reliable`) no bias test:
+variance test, and a current row whose mean or variance is not reliable (`mean_reliable`,
+`reliable`) no bias test (its SE is sqrt(s^2 / n), wrong with s^2):
 their SEs would be wrong in the direction that raises false alarms (issue 12: 5 of 15 clean
 categorical pairs). They are reported as "not testable at this n", with the reason and about
 how many estimates would make them testable, never passed or failed silently.
@@ -222,7 +225,8 @@ def bias_tests(frame: pd.DataFrame, suffix: str = "", cell: str = "cell_id"
     p-value, and whether the row is a test at all. Tested: rows of estimators registered
     unbiased with a known truth; a tensor row (its worst coordinate) only where the coordinate
     rows do not cover the tensor (capped by --coords), against a Bonferroni bound over its
-    param_size coordinates. Rows whose mean is not reliable are candidates but get NaN."""
+    param_size coordinates. Rows whose mean or variance is not reliable are candidates but get
+    NaN."""
     unbiased = frame[f"unbiased{suffix}"].fillna(False).astype(bool).to_numpy()
     level = frame["level"].to_numpy() if "level" in frame else np.full(len(frame), "coord")
     tensor = level == "tensor"
@@ -234,14 +238,26 @@ def bias_tests(frame: pd.DataFrame, suffix: str = "", cell: str = "cell_id"
     candidate = unbiased & ~(tensor & covered)
     z = np.where(candidate, bias_z(frame, suffix), np.nan)
     candidate &= ~np.isnan(z)
-    reliable = (frame[f"mean_reliable{suffix}"].fillna(True).astype(bool).to_numpy()
-                if f"mean_reliable{suffix}" in frame else np.ones(len(frame), dtype=bool))
-    z = np.where(reliable, z, np.nan)
-    # Student's t with n - 1 degrees of freedom: mean_se is the plug-in sqrt(s^2 / n).
-    df = (frame[f"n{suffix}"].to_numpy(np.float64) - 1.0 if f"n{suffix}" in frame
-          else np.full(len(frame), np.inf))
-    p = np.minimum(2.0 * decisions.t_sf(z, np.where(df >= 1, df, np.inf)), 1.0)
+    z = np.where(_trusted(frame, suffix), z, np.nan)
+    # Student's t with n - 1 degrees of freedom (mean_se is the plug-in sqrt(s^2 / n)), its
+    # tail corrected for the draws' skewness: the far tail BH reaches is where it matters.
+    n = (frame[f"n{suffix}"].to_numpy(np.float64) if f"n{suffix}" in frame
+         else np.full(len(frame), np.inf))
+    skewness = (frame[f"skewness{suffix}"].to_numpy(np.float64) if f"skewness{suffix}" in frame
+                else np.full(len(frame), np.nan))
+    p = decisions.skewed_two_sided_p(z, np.where(n >= 2, n - 1.0, np.inf), skewness, n)
     return z, np.where(tensor, np.minimum(1.0, p * size), p), candidate
+
+
+def _trusted(frame: pd.DataFrame, suffix: str) -> np.ndarray:
+    """Rows whose bias can be tested: the mean reliable (mean_reliable), and the variance too
+    (reliable): the test's SE is sqrt(s^2 / n), as wrong as s^2 when the tail is unseen, and
+    its skewness correction needs the third moment a trustworthy variance implies."""
+    trusted = np.ones(len(frame), dtype=bool)
+    for column in (f"mean_reliable{suffix}", f"reliable{suffix}"):
+        if column in frame:
+            trusted &= frame[column].fillna(True).astype(bool).to_numpy()
+    return trusted
 
 
 def bias_statistics(rows: pd.DataFrame) -> None:
