@@ -23,8 +23,9 @@
     reference truth's SE where the truth is a reference value), referred to Student's t with
     n - 1 degrees of freedom, its tail widened for skewed draws by the Cramer-type factor
     cosh(g |z|^3 / (3 sqrt n)) (decisions.skewed_two_sided_p): in the A/A calibration every
-    bias false alarm had z of the sign opposite to its row's skewness, as that factor predicts. Tested on the current run alone: a registered-unbiased estimator
-    that is biased is wrong whatever the baseline says.
+    bias false alarm had z of the sign opposite to its row's skewness, as that factor predicts.
+    Tested on the current run alone: a registered-unbiased estimator that is biased is wrong
+    whatever the baseline says.
 
 Degrees of freedom. variance_se is a grouped-jackknife SE with variance_df = G - 1 degrees of
 freedom (gradbench.core.jackknife), so the log-ratio statistic is referred to Student's t with

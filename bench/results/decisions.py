@@ -99,11 +99,11 @@ def skewed_two_sided_p(z: np.ndarray, df: np.ndarray, skewness: np.ndarray, n: n
     opposite the skew is heavier, by the Cramer-type factor exp(g x^3 / (3 sqrt n)) of
     self-normalised sums (the large-x form of Hall's one-term Edgeworth expansion,
     P(T <= x) = Phi(x) + g (2x^2 + 1) phi(x) / (6 sqrt n)); the other tail is lighter by its
-    inverse. At the levels a gate's Benjamini-Hochberg correction reaches (|z| ~ 4.5) and n = 1e4,
-    g = 4 doubles the two-sided tail. Measured (tests/test_decisions.py): exponential draws
-    (g = 2), n = 1000, |z| >= 3.5: 7.0e-4 observed in 2e6 replications, 6.98e-4 corrected, 4.86e-4
-    from t alone; at n = 200 the correction over-shoots (conservative). NaN skewness (no
-    coordinate moments) leaves the t p-value as it is."""
+    inverse. At the levels a gate's Benjamini-Hochberg correction reaches (|z| ~ 4.5) and
+    n = 1e4, g = 4 doubles the two-sided tail. Measured on exponential draws (g = 2), n = 1000,
+    |z| >= 3.5: 7.0e-4 observed in 2e6 replications, 6.98e-4 corrected, 4.86e-4 from t alone;
+    at n = 200 the correction over-shoots, i.e. is conservative (tests/test_check_reliability.py
+    repeats that case). NaN skewness (no coordinate moments) leaves the t p-value as it is."""
     x = np.abs(np.asarray(z, np.float64))
     g = np.nan_to_num(np.asarray(skewness, np.float64), nan=0.0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
