@@ -135,7 +135,9 @@ def _prepare(frame: pd.DataFrame, side: str) -> pd.DataFrame:
     for column, value in _DEFAULTS.items():
         if column not in frame:
             frame[column] = value
-    frame["_cell"] = frame[list(CELL_COLUMNS)].astype(str).agg("|".join, axis=1)
+    # Vectorised (str.cat): a row-wise join took half of a 5,000-row comparison's time.
+    keys = frame[list(CELL_COLUMNS)].astype(str)
+    frame["_cell"] = keys[CELL_COLUMNS[0]].str.cat([keys[c] for c in CELL_COLUMNS[1:]], sep="|")
     labels = {cell: _label(s, h) for cell, s, h in
               frame[["_cell", "settings", "hyperparams"]].drop_duplicates("_cell").itertuples(
                   index=False)}

@@ -233,9 +233,10 @@ def bias_tests(frame: pd.DataFrame, suffix: str = "", cell: str = "cell_id"
     tensor = level == "tensor"
     size = (frame[f"param_size{suffix}"].fillna(1).to_numpy(np.float64)
             if f"param_size{suffix}" in frame else np.ones(len(frame)))
-    shown = frame[~tensor].groupby([cell, "param"]).size()
-    covered = np.array([shown.get((c, param), 0) >= n for c, param, n in
-                        zip(frame[cell], frame["param"], size, strict=True)], dtype=bool)
+    # Per row: the coordinate rows shown of its (cell, parameter).
+    shown = pd.Series(~tensor, index=frame.index).groupby(
+        [frame[cell], frame["param"]], sort=False, dropna=False).transform("sum").to_numpy()
+    covered = shown >= size
     candidate = unbiased & ~(tensor & covered)
     z = np.where(candidate, bias_z(frame, suffix), np.nan)
     candidate &= ~np.isnan(z)
