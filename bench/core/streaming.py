@@ -67,6 +67,16 @@ class StreamingMoments:
     all-finite chunk (one host-side check of S1) skips the masks; elsewhere the masked path
     always runs, and the only host reads are the checks for coordinates still without a shift,
     after chunks 1, 2, 4, 8, ... while any remain: no host round-trip per chunk.
+
+    float32 chunks on the CPU: a chunk's sums are taken in float32 and promoted to float64 before
+    they are accumulated (the statistics in float64 took more time than the float32 estimates
+    themselves; converting the chunk alone cost as much as drawing it). What that costs in
+    accuracy: the shift is rounded to float32, so d = x - c is exact or within 2^-24 |d|, and a
+    chunk's float32 sums (torch's cascade sums) are within ~1e-6 of sum |d|^k, of the order of
+    the float32 estimates' own rounding, 2^-24 |x| each, which float64 accumulation cannot undo
+    (measured: moments within 3e-7 relative of the float64 path's). A chunk whose float32 sums
+    are not finite (a NaN, an overflow of d^4) or whose S4 is below 2^-100 (d^4 underflowing)
+    is taken again in float64, as before.
     """
 
     def __init__(self, coords: int, device: torch.device | str = "cpu", *,
@@ -76,6 +86,7 @@ class StreamingMoments:
         self._shift = torch.zeros(coords, dtype=_F64, device=device)
         self._unset = torch.ones(coords, dtype=torch.bool, device=device)
         self._maybe_unset = True  # host-side: may some coordinate still lack a shift?
+        self._shift32: Tensor | None = None  # the shift in float32, while it is exactly that
         self._chunks = 0
         self._next_check = 1
         self._sums = torch.zeros(4, coords, dtype=_F64, device=device)  # S1..S4
@@ -103,7 +114,9 @@ class StreamingMoments:
         if self._samples is not None and self._rows + rows > self._samples:
             raise ValueError(f"StreamingMoments for {self._samples} samples got "
                              f"{self._rows + rows}")
-        x = x.detach().to(_F64)
+        x = x.detach()
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            x = x.to(_F64)
         finite = None
         if self._maybe_unset:
             finite = torch.isfinite(x)
@@ -117,7 +130,7 @@ class StreamingMoments:
             # cache: one chunk of 64 estimates of 4e5 coordinates (a 784 x 256 Bayesian layer)
             # took 13 ms per estimate in whole-chunk passes, 3 ms in blocks. Per-column sums do
             # not depend on the blocking; a chunk under BLOCK_BYTES is one block, as before.
-            width = max(1, BLOCK_BYTES // (8 * rows))
+            width = max(1, BLOCK_BYTES // (x.element_size() * rows))
             for start in range(0, self.coords, width):
                 cols = slice(start, min(self.coords, start + width))
                 d = self._add_columns(x[:, cols], cols, None if finite is None else
@@ -135,14 +148,28 @@ class StreamingMoments:
         if d is not None and columns is None:
             return d
         part = x if columns is None else x[:, columns]
-        shift = self._shift if columns is None else self._shift[columns]
+        shift = self._shift_for(x)
+        shift = shift if columns is None else shift[columns]
         return torch.where(torch.isfinite(part), part - shift, 0.0)
+
+    def _shift_for(self, x: Tensor) -> Tensor:
+        """The shift in x's dtype: float32 only while it is exactly a float32 value."""
+        if x.dtype == torch.float32 and self._shift32 is not None:
+            return self._shift32
+        return self._shift
 
     def _add_columns(self, x: Tensor, cols: slice, finite: Tensor | None,
                      slices: list[tuple[int, int, int]], norms: Tensor | None) -> Tensor:
         """Accumulate the columns `cols` of a chunk; returns their deviations (0 where not
         finite)."""
         rows = x.shape[0]
+        if x.dtype == torch.float32:
+            if finite is None and self._shift32 is not None:
+                d = x - self._shift32[cols]
+                if self._accumulate32(d, cols, slices, norms):
+                    self._count[cols] += rows
+                    return d
+            x = x.to(_F64)  # a NaN, an overflow or an underflow: the float64 path, as before
         if finite is None and x.device.type == "cpu":
             d = x - self._shift[cols]
             first = [d[start:stop].sum(0) for _, start, stop in slices]
@@ -182,6 +209,30 @@ class StreamingMoments:
                                                    else finite[start:stop].sum(0))
         self._sums[:, cols] += total
 
+    def _accumulate32(self, d: Tensor, cols: slice, slices: list[tuple[int, int, int]],
+                      norms: Tensor | None) -> bool:
+        """_accumulate on float32 deviations, each slice's sums taken in float32 and promoted;
+        nothing is accumulated, and False returned, when any sum is not finite or some S4 is
+        below 2^-100 without S2 being 0 (class docstring)."""
+        square = d * d
+        cube = square * d
+        fourth = square * square
+        parts = torch.stack([torch.stack((d[a:b].sum(0), square[a:b].sum(0), cube[a:b].sum(0),
+                                          fourth[a:b].sum(0))) for _, a, b in slices])
+        usable = torch.isfinite(parts).all() & ((parts[:, 3] >= 2.0**-100)
+                                                | (parts[:, 1] == 0)).all()
+        if not bool(usable):
+            return False
+        parts = parts.to(_F64)  # [slices, 4, columns]
+        for (group, start, stop), part in zip(slices, parts, strict=True):
+            if self._group_sums is not None:
+                self._group_sums[:, group, cols] += part[:2]
+                self._group_count[group, cols] += stop - start
+            if norms is not None:
+                self._tails.add_norms(norms[:, start:stop], square[start:stop], cols)
+        self._sums[:, cols] += parts[0] if len(slices) == 1 else parts.sum(0)
+        return True
+
     def _slices(self, rows: int) -> list[tuple[int, int, int]]:
         """(group, start, stop) row ranges of the next chunk, split at group boundaries."""
         if self._samples is None:
@@ -201,11 +252,18 @@ class StreamingMoments:
         # count 0, so choosing their shift now changes nothing already accumulated.
         count = finite.sum(0)
         has = count > 0
-        mean = torch.where(finite, x, 0.0).sum(0) / count.clamp(min=1).to(_F64)
-        lo = torch.where(finite, x, math.inf).amin(0)
-        hi = torch.where(finite, x, -math.inf).amax(0)
+        x64 = x.to(_F64)
+        mean = torch.where(finite, x64, 0.0).sum(0) / count.clamp(min=1).to(_F64)
+        lo = torch.where(finite, x64, math.inf).amin(0)
+        hi = torch.where(finite, x64, -math.inf).amax(0)
         take = self._unset & has
-        self._shift = torch.where(take, torch.minimum(torch.maximum(mean, lo), hi), self._shift)
+        shift = torch.minimum(torch.maximum(mean, lo), hi)
+        if x.dtype == torch.float32:  # rounded: still in [lo, hi], whose ends are float32
+            shift = shift.to(torch.float32).to(_F64)
+        self._shift = torch.where(take, shift, self._shift)
+        # float32 sums need a shift that is exactly float32 (set from float32 chunks only).
+        float32 = x.dtype == torch.float32 and (self._chunks == 0 or self._shift32 is not None)
+        self._shift32 = self._shift.to(torch.float32) if float32 else None
         self._unset = self._unset & ~has
         self._chunks += 1
         if self._chunks == self._next_check:  # host reads after chunks 1, 2, 4, ...

@@ -49,6 +49,7 @@ class TailBuffer:
         self.floor: tuple[Tensor, Tensor | None] | None = None
         self.staged: list[tuple[Tensor, Tensor | None]] = []
         self.staged_rows = 0
+        self._floor32: Tensor | None = None
 
     def norm_accumulator(self, rows: int, x: Tensor) -> Tensor | None:
         """Zeros [B', rows] for a chunk's block norms, filled column block by column block."""
@@ -73,7 +74,7 @@ class TailBuffer:
         # many-estimate chunks arrive coordinate-major, so the transpose is contiguous already.
         tracked = tracked.T
         if self.floor is not None and tracked.device.type == "cpu":
-            hit = _above(tracked * tracked, self.floor[0])
+            hit = _above(tracked * tracked, self._floor_in(tracked.dtype))
             if norms is not None:
                 hit |= _above(norms, self.floor[1])
             index = hit.nonzero()[:, 0]
@@ -82,10 +83,21 @@ class TailBuffer:
             if index.numel() * 2 < hit.shape[0]:
                 tracked = tracked.index_select(1, index)
                 norms = None if norms is None else norms.index_select(1, index)
-        self.staged.append((tracked.contiguous(), norms))
+        self.staged.append((tracked.to(_F64).contiguous(), norms))
         self.staged_rows += tracked.shape[1]
         if self.staged_rows >= self.stage_rows:
             self._flush()
+
+    def _floor_in(self, dtype: torch.dtype) -> Tensor:
+        """The deviations' floor for squares computed in `dtype`: float32 squares (rounded,
+        2^-24 relative) are compared with a floor lowered by 2^-22, so the filter only ever lets
+        more rows through to the float64 merge, never fewer."""
+        floor = self.floor[0]
+        if dtype == _F64:
+            return floor
+        if self._floor32 is None:
+            self._floor32 = (floor * (1.0 - 2.0**-22)).to(dtype)
+        return self._floor32
 
     def _flush(self) -> None:
         if not self.staged:
@@ -97,6 +109,7 @@ class TailBuffer:
             self.norms = self._merge(self.norms, norms, by_magnitude=False)
         self.staged, self.staged_rows = [], 0
         if self.deviations.shape[1] >= self.size:  # floors of the squared deviations
+            self._floor32 = None
             self.floor = (self.deviations.square().amin(1),
                           None if self.norms is None else self.norms.amin(1))
 
