@@ -228,6 +228,7 @@ def _summarize_suite(whole: pd.DataFrame) -> pd.DataFrame:
         truth_scale=("_abs_truth", "mean"),
         _gb=("_gb", "sum"), _gg=("_gg", "sum"), _gse=("_gse", "sum"),
         max_bias_z=("_z", "max"),
+        _decide_z=("_z_skew", "max"),
         n=("n", "min"),
         nonfinite=("nonfinite", "sum"),
         evals_per_estimate=("evals_per_estimate", "first"),
@@ -246,11 +247,11 @@ def _summarize_suite(whole: pd.DataFrame) -> pd.DataFrame:
     # The bias test is per cell: all coordinates of all its parameters.
     cell = agg.groupby(keys, dropna=False, sort=False)
     tested = cell["coords"].transform("sum")
-    worst = cell["max_bias_z"].transform("max")
+    worst = cell["_decide_z"].transform("max")  # skewness-adjusted (decisions.skew_adjusted_z)
     agg["bias_z_threshold"] = [decisions.bias_threshold(int(m)) for m in tested]
     agg["measured_biased"] = (worst > agg["bias_z_threshold"]).fillna(False).astype(bool)
     agg["variant"] = [variant_label(row, cols) for _, row in agg.iterrows()]
-    return agg
+    return agg.drop(columns="_decide_z")
 
 
 def _coordinate_rows(part: pd.DataFrame) -> pd.DataFrame:
@@ -268,6 +269,9 @@ def _coordinate_rows(part: pd.DataFrame) -> pd.DataFrame:
     rounding = part["variance"].to_numpy(float) <= floor**2
     return part.assign(
         _abs_truth=part["truth"].abs(), _z=z,
+        _z_skew=np.where(np.isnan(z), np.nan, decisions.skew_adjusted_z(
+            z, part["skewness"].to_numpy(float) if "skewness" in part else np.nan,
+            part["n"].to_numpy(float))),
         _gb=part["truth"] * part["bias"], _gg=part["truth"] ** 2,
         _gse=part["truth"].abs() * part["bias_se"],
         variance=part["variance"].where(~rounding, 0.0),
@@ -301,6 +305,7 @@ def _with_tensor_rows(agg: pd.DataFrame, tensors: pd.DataFrame, keys: list[str]
                                                   out["mean_coord_variance_se"])
     out["coords"] = out["param_size"].where(out["param_size"].notna(), out["coords"]).astype(int)
     out["max_bias_z"] = np.fmax(out["max_bias_z"], out["_tensor_z"])
+    out["_decide_z"] = np.fmax(out["_decide_z"], out["_tensor_z"])
     out["reliable"] = out["reliable"] & out["_t_reliable"].fillna(True).astype(bool)
     out["mean_reliable"] = out["mean_reliable"] & out["_t_mean"].fillna(True).astype(bool)
     out["reliability_reason"] = out["reliability_reason"].where(
