@@ -93,3 +93,16 @@ def test_float32_chunks_that_would_overflow_underflow_or_hold_nan_take_float64(
     else:
         assert kept and not any(kept)
         check_against_reference(m, x, math.ceil(n / 2048))
+
+
+def test_float32_sums_of_many_columns_are_checked_on_the_tensor_path(monkeypatch) -> None:
+    # 100 columns: 400 sums per slice, over the host-side check's 256; one column overflows
+    # from chunk 5 on, and those chunks fall back to float64 as a whole.
+    rng = np.random.default_rng(4)
+    x32 = rng.standard_normal((8192, 100)).astype(np.float32)
+    x32[4096:, 7] *= np.float32(1e12)
+    kept = float32_fast_chunks(monkeypatch)
+    m = stream(x32, 1024).moments()
+    assert kept[:3] == [True] * 3 and kept[3:] == [False] * 4
+    x = x32.astype(np.float64)
+    check_float32_bound(m, x, 1024)
