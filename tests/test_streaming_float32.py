@@ -106,3 +106,20 @@ def test_float32_sums_of_many_columns_are_checked_on_the_tensor_path(monkeypatch
     assert kept[:3] == [True] * 3 and kept[3:] == [False] * 4
     x = x32.astype(np.float64)
     check_float32_bound(m, x, 1024)
+
+
+def test_tail_filter_in_float32_keeps_everything_above_the_floor_and_no_ties() -> None:
+    # The filter compares float32 |d| with the float64 floor rounded down: a value above the
+    # float64 floor always passes, one equal to a float32-exact floor (two-point ties) does not.
+    from gradbench.core.tail_buffer import TailBuffer
+    buffer = TailBuffer(None, 2, (), "cpu")
+    exact, inexact = 0.25, 0.1  # 0.1 is not a float32 value
+    buffer.floor = (torch.tensor([exact, inexact], dtype=torch.float64), None)
+    floor32 = buffer._floor_in(torch.float32)
+    assert floor32[0].item() == exact
+    assert floor32[1].item() < inexact and floor32[1].to(torch.float64) < inexact
+    # float32(0.1) = 0.10000000149 is above the float64 floor 0.1: it must pass, although it
+    # equals float32(floor) (rounding to nearest would have filtered it out).
+    d = torch.tensor([[0.25, 0.25, -0.25], [0.0, 0.1, 0.0]], dtype=torch.float32)
+    from gradbench.core.tail_buffer import _above
+    assert _above(d.abs(), floor32).tolist() == [False, True, False]
