@@ -261,8 +261,8 @@ def biased_cells(frame: pd.DataFrame) -> np.ndarray:
     tested coordinates, each z adjusted for its draws' skewness; cells keyed by cell_id)."""
     z = bias_z(frame)
     if "skewness" in frame and "n" in frame:  # skewed draws: decisions.skew_adjusted_z
-        z = np.where(np.isnan(z), np.nan, decisions.skew_adjusted_z(
-            z, frame["skewness"].to_numpy(np.float64), frame["n"].to_numpy(np.float64)))
+        z = decisions.skew_adjusted_z(z, frame["skewness"].to_numpy(np.float64),
+                                      frame["n"].to_numpy(np.float64))
     work = pd.DataFrame({"cell": frame["cell_id"].to_numpy(), "z": z, "tested": ~np.isnan(z)})
     grouped = work.groupby("cell", sort=False)
     worst = grouped["z"].transform("max").to_numpy()

@@ -105,27 +105,33 @@ def skewed_two_sided_p(z: np.ndarray, df: np.ndarray, skewness: np.ndarray, n: n
     at n = 200 the correction over-shoots, i.e. is conservative (tests/test_check_reliability.py
     repeats that case). NaN skewness (no coordinate moments) leaves the t p-value as it is."""
     x = np.abs(np.asarray(z, np.float64))
+    tail = t_sf(x, df)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p = np.where(tail > 0, 2.0 * tail * _skew_factor(x, skewness, n), 0.0)
+    return np.where(np.isnan(x), np.nan, np.minimum(p, 1.0))
+
+
+def _skew_factor(x: np.ndarray, skewness: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """cosh(|g| x^3 / (3 sqrt n)): the two-sided tail's Cramer-type factor for skewed draws
+    (skewed_two_sided_p); 1 where the skewness is NaN or 0, or x is NaN."""
     g = np.nan_to_num(np.asarray(skewness, np.float64), nan=0.0)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         a = np.abs(g) * x**3 / (3.0 * np.sqrt(np.asarray(n, np.float64)))
-        tail = t_sf(x, df)
-        p = np.where(tail > 0, 2.0 * tail * np.cosh(np.nan_to_num(a, nan=0.0)), 0.0)
-    return np.where(np.isnan(x), np.nan, np.minimum(p, 1.0))
+        return np.cosh(np.nan_to_num(a, nan=0.0))
 
 
 def skew_adjusted_z(z: np.ndarray, skewness: np.ndarray, n: np.ndarray) -> np.ndarray:
     """|z| of a bias, moved to the normal z with the same two-sided tail once the Cramer-type
     factor for skewed draws is applied (skewed_two_sided_p, normal reference): what the table's
     and the report's per-cell bias decisions compare with bias_threshold. NaN or 0 skewness
-    leaves |z| as it is."""
+    leaves |z| as it is, and NaN z stays NaN."""
     x = np.abs(np.asarray(z, np.float64))
-    g = np.nan_to_num(np.asarray(skewness, np.float64), nan=0.0)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        a = np.abs(g) * x**3 / (3.0 * np.sqrt(np.asarray(n, np.float64)))
-        half_p = np.minimum(normal_sf(x) * np.cosh(np.nan_to_num(a, nan=0.0)), 0.5)
+    factor = _skew_factor(x, skewness, n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        half_p = np.minimum(normal_sf(x) * factor, 0.5)
         moved = -torch.special.ndtri(torch.from_numpy(np.asarray(half_p, np.float64))).numpy()
     # Where the normal tail underflows (|z| > ~38) the bias is beyond doubt either way.
-    return np.where((a > 0) & (half_p > 0), moved, x)
+    return np.where((factor > 1) & (half_p > 0), moved, x)
 
 
 def two_sided_p(z: np.ndarray) -> np.ndarray:

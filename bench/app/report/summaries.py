@@ -269,9 +269,9 @@ def _coordinate_rows(part: pd.DataFrame) -> pd.DataFrame:
     rounding = part["variance"].to_numpy(float) <= floor**2
     return part.assign(
         _abs_truth=part["truth"].abs(), _z=z,
-        _z_skew=np.where(np.isnan(z), np.nan, decisions.skew_adjusted_z(
+        _z_skew=decisions.skew_adjusted_z(
             z, part["skewness"].to_numpy(float) if "skewness" in part else np.nan,
-            part["n"].to_numpy(float))),
+            part["n"].to_numpy(float)),
         _gb=part["truth"] * part["bias"], _gg=part["truth"] ** 2,
         _gse=part["truth"].abs() * part["bias_se"],
         variance=part["variance"].where(~rounding, 0.0),
