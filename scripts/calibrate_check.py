@@ -19,6 +19,10 @@ runs of a call are made by one process: warm-ups and rare-state enumerations, pu
 a cell's configuration, are then computed once per configuration (gradbench.app.measure), which
 made a categorical run ~6x cheaper. The wall time of every run is recorded.
 
+--shard K/N makes runs only for every N-th seed from the K-th (0 <= K < N), and no analysis:
+N processes with K = 0 .. N-1 fill one cache on N cores, then one call without --shard (it
+finds every run cached) analyses all pairs.
+
 --refresh ESTIMATOR re-measures one estimator's cells of the cached runs when a change to the
 reliability rules touched only that estimator (see `refresh`), so the cache need not be rebuilt.
 
@@ -128,13 +132,16 @@ def finished_run(folder: Path) -> Path | None:
     return None
 
 
-def generate(parts: list[Part], runs: int, cache: Path) -> tuple[list[list[Path]], float]:
-    """Phase 1: a finished run of every part for seeds BASE_SEED .. BASE_SEED + runs - 1; returns
-    the run folders per seed and the recorded seconds of all of them."""
+def generate(parts: list[Part], runs: int, cache: Path, shard: tuple[int, int] = (0, 1)
+             ) -> tuple[list[list[Path]], float]:
+    """Phase 1: a finished run of every part for seeds BASE_SEED .. BASE_SEED + runs - 1 (those
+    of the shard (K, N): every N-th from the K-th); returns the run folders per seed and the
+    recorded seconds of all of them."""
     seeds: list[list[Path]] = [[] for _ in range(runs)]
     seconds = 0.0
+    first, step = shard
     for part in parts:
-        for i in range(runs):
+        for i in range(first, runs, step):
             folder = part.folder(cache) / f"seed-{BASE_SEED + i:05d}"
             done = finished_run(folder)
             timing = folder / "seconds.json"
@@ -327,6 +334,13 @@ def _latest_reports(cache: Path) -> list[dict]:
     return [best[name] for name in sorted(best)]
 
 
+def _shard(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r}: write K/N with 0 <= K < N, e.g. 1/2")
+    return int(k), int(n)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -340,6 +354,8 @@ def main() -> None:
     parser.add_argument("--refresh", default=None, metavar="ESTIMATOR",
                         help="re-measure this estimator's cached cells with the current "
                              "reliability rules before the analysis (no new seeds)")
+    parser.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                        help="make only every N-th seed's runs from the K-th; no analysis")
     parser.add_argument("--table", type=Path, default=None,
                         help="write the table of every cached report here (no new runs)")
     args = parser.parse_args()
@@ -355,6 +371,9 @@ def main() -> None:
             parts = configuration(name, args.samples)
             if args.refresh:
                 refresh(parts, args.runs, args.cache, args.refresh)
+            if args.shard is not None:
+                generate(parts, args.runs, args.cache, args.shard)
+                continue
             seeds, seconds = generate(parts, args.runs, args.cache)
             start = time.perf_counter()
             report = analyse(seeds, args.inflation)
