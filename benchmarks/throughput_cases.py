@@ -33,6 +33,7 @@ class Case:
 
 
 RESULTS: list[Case] = []
+PEER_CASE = "optax peer pathwise gaussian-quadratic dim1"  # test_peer_optax.py's Case
 
 
 @dataclass
