@@ -69,21 +69,37 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     terminalreporter.section("gradbench throughput (estimates/s; ratios per round)")
     write(f"torch {torch.__version__}, {THREADS} thread(s); CPU clock: "
           "process time; CUDA: wall time with synchronize")
-    header = (f"{'case':40} {'dev':5} {'dtype':8} {'harness':>9} {'floor':>9} "
-              f"{'floor drawn':>20} {'harness/floor median [min, max]':>32} {'loop':>9} "
-              f"{'vs loop':>9}")
+    header = (f"{'case':40} {'dev':5} {'dtype':8} {'harness':>9} {'marginal':>9} {'floor':>9} "
+              f"{'floor drawn':>20} {'harness/floor [min, max]':>25} "
+              f"{'marginal/floor [min, max]':>26} {'loop':>9} {'vs loop':>9}")
     write(header)
     write("-" * len(header))
     for case in RESULTS:
-        ratios = case.ratios()
-        spread = (f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
-                  if ratios else "-")
         loop = case.loop_rate()
         vs_loop = f"{case.harness_rate() / loop:.3g}x" if loop else "-"
         write(f"{case.name:40} {case.device:5} {case.dtype:8} {_fmt(case.harness_rate()):>9} "
-              f"{_fmt(case.limit_rate()):>9} {case.floor:>20} {spread:>32} {_fmt(loop):>9} "
-              f"{vs_loop:>9}")
+              f"{_fmt(case.marginal_rate()):>9} {_fmt(case.limit_rate()):>9} {case.floor:>20} "
+              f"{_spread(case.ratios()):>25} {_spread(case.marginal_ratios()):>26} "
+              f"{_fmt(loop):>9} {vs_loop:>9}")
+    write("harness: whole cells (fixed work included); marginal: the last half of a cell's "
+          "estimates, time(n) - time(n/2), the issue's measure; ratios are medians per round")
     _goals(write)
+
+
+def _finite(ratios: list[float]) -> list[float]:
+    return [r for r in ratios if r == r]  # a NaN: a round whose half cell took longer
+
+
+def _spread(ratios: list[float]) -> str:
+    ratios = _finite(ratios)
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+
+
+def _median(ratios: list[float]) -> float:
+    ratios = _finite(ratios)
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def _goals(write) -> None:
@@ -91,20 +107,22 @@ def _goals(write) -> None:
         for dim in dims:
             for case in RESULTS:
                 if case.name == f"{estimator} {suite} dim{dim}" and case.device == "cpu":
-                    median = statistics.median(case.ratios())
-                    verdict = "met" if median >= least else "MISSED"
-                    write(f"goal: {case.name} {case.dtype} >= {least:.0%} of its RNG floor: "
-                          f"{verdict} ({median:.0%} median)")
+                    marginal, whole = _median(case.marginal_ratios()), _median(case.ratios())
+                    verdict = "met" if marginal >= least else "MISSED"
+                    write(f"goal: {case.name} {case.dtype} >= {least:.0%} of its RNG floor "
+                          f"(marginal): {verdict} ({marginal:.0%} marginal, {whole:.0%} whole "
+                          f"cells; medians)")
     peers = [case for case in RESULTS if case.name == PEER_CASE]
     peer, source = ((peers[0].harness_rate(), "measured in this run") if peers else
                     (OPTAX_PEER, "the issue's figure; install the peer extra to measure it"))
     for case in RESULTS:
         if case.name == "pathwise gaussian-quadratic dim1" and case.dtype == "float32" \
                 and case.device == "cpu":
-            rate = case.harness_rate()
+            rate, marginal = case.harness_rate(), case.marginal_rate() or float("nan")
             write(f"goal: pathwise dim 1 float32 >= the optax peer ({peer:.3g}/s, {source}): "
-                  f"{'met' if rate >= peer else 'MISSED'} ({rate:.3g}/s, "
-                  f"{rate / peer:.2f}x the peer)")
+                  f"{'met' if marginal >= peer else 'MISSED'} (marginal {marginal:.3g}/s, "
+                  f"{marginal / peer:.2f}x the peer; whole cells {rate:.3g}/s, "
+                  f"{rate / peer:.2f}x)")
 
 
 def _train_summary(terminalreporter) -> None:

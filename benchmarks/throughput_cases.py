@@ -3,6 +3,7 @@ module of its own, not conftest: tests/conftest.py has the same module name."""
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 
 
@@ -18,6 +19,10 @@ class Case:
     limit_s: list[float] = field(default_factory=list)
     loop_samples: int = 0
     loop_s: list[float] = field(default_factory=list)
+    # Per round: time(samples) - time(samples // 2), i.e. what the last samples // 2 estimates
+    # cost: the issue's "marginal estimates/s", without a cell's fixed work (warm-up, truths,
+    # per-coordinate summaries), which does not grow with --samples.
+    marginal_s: list[float] = field(default_factory=list)
 
     def harness_rate(self) -> float:
         return self.samples / min(self.harness_s)
@@ -27,6 +32,19 @@ class Case:
 
     def ratios(self) -> list[float]:
         return [lim / har for lim, har in zip(self.limit_s, self.harness_s, strict=True)]
+
+    def marginal_ratios(self) -> list[float]:
+        """Per round: the floor's rate over the marginal rate (the floor drew `samples`)."""
+        if not self.marginal_s:  # a case without half cells (the JAX peer)
+            return []
+        extra = self.samples - self.samples // 2
+        return [lim * extra / (self.samples * m) if m > 0 else float("nan")
+                for lim, m in zip(self.limit_s, self.marginal_s, strict=True)]
+
+    def marginal_rate(self) -> float | None:
+        extra = self.samples - self.samples // 2
+        valid = [m for m in self.marginal_s if m > 0]
+        return extra / statistics.median(valid) if valid else None
 
     def loop_rate(self) -> float | None:
         return self.loop_samples / min(self.loop_s) if self.loop_s else None
