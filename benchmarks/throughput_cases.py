@@ -34,7 +34,7 @@ class Case:
         return [lim / har for lim, har in zip(self.limit_s, self.harness_s, strict=True)]
 
     def marginal_ratios(self) -> list[float]:
-        """Per round: the floor's rate over the marginal rate (the floor drew `samples`)."""
+        """Per round: the marginal rate over the floor's rate (the floor drew `samples`)."""
         if not self.marginal_s:  # a case without half cells (the JAX peer)
             return []
         extra = self.samples - self.samples // 2
@@ -42,6 +42,8 @@ class Case:
                 for lim, m in zip(self.limit_s, self.marginal_s, strict=True)]
 
     def marginal_rate(self) -> float | None:
+        """Median over rounds, not the best round as harness_rate: a difference of two timings
+        is noisy, and its minimum would flatter."""
         extra = self.samples - self.samples // 2
         valid = [m for m in self.marginal_s if m > 0]
         return extra / statistics.median(valid) if valid else None
