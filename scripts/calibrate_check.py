@@ -371,10 +371,9 @@ def main() -> None:
             parts = configuration(name, args.samples)
             if args.refresh:
                 refresh(parts, args.runs, args.cache, args.refresh)
+            seeds, seconds = generate(parts, args.runs, args.cache, args.shard or (0, 1))
             if args.shard is not None:
-                generate(parts, args.runs, args.cache, args.shard)
-                continue
-            seeds, seconds = generate(parts, args.runs, args.cache)
+                continue  # another call analyses the whole cache
             start = time.perf_counter()
             report = analyse(seeds, args.inflation)
             samples = args.samples or ("mixed" if name == "ci" else
