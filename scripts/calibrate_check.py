@@ -19,15 +19,17 @@ runs of a call are made by one process: warm-ups and rare-state enumerations, pu
 a cell's configuration, are then computed once per configuration (gradbench.app.measure), which
 made a categorical run ~6x cheaper. The wall time of every run is recorded.
 
---shard K/N makes runs only for every N-th seed from the K-th (0 <= K < N), and no analysis:
-N processes with K = 0 .. N-1 fill one cache on N cores, then one call without --shard (it
-finds every run cached) analyses all pairs.
+--shard K/N makes and analyses only every N-th pair from the K-th (0 <= K < N), and writes no
+report: N processes with K = 0 .. N-1 fill one cache on N cores, then one call without --shard
+(it finds every run and every pair's analysis cached) writes the report.
 
 --refresh ESTIMATOR re-measures one estimator's cells of the cached runs when a change to the
 reliability rules touched only that estimator (see `refresh`), so the cache need not be rebuilt.
 
-Phase 2 (cheap): disjoint seed pairs (0, 1), (2, 3), ..., so pairs are independent and a
-binomial interval is honest; each seed's results are all its parts together.
+Phase 2 (~8 s a gaussian-quadratic pair): disjoint seed pairs (0, 1), (2, 3), ..., so pairs are
+independent and a binomial interval is honest; each seed's results are all its parts together.
+Each pair's analysis is cached under pairs-<configuration>-...-<code hash>/ (the hash of every
+gradbench module and this script, so a changed gate is never judged by old verdicts).
   - null: check.compare(current=seed 2i+1, baseline=seed 2i); a false alarm is a pair where
     anything fails (a variance or bias regression). Rows not reliable at their n are "not
     testable" (gradbench.app.check) and counted separately.
@@ -50,31 +52,21 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from scipy.stats import beta
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradbench.app import (  # noqa: E402
-    check,
-    check_summary,
-    check_tests,
-    execute,
-    measure,
-    planning,
-)
+from check_pairs import ALPHAS, cached_pair, pair_folder, summarise  # noqa: E402
+
+from gradbench.app import check, execute, measure, planning  # noqa: E402
 from gradbench.app.errors import BenchError  # noqa: E402
 from gradbench.core.suite import all_suites, get_suite  # noqa: E402
 from gradbench.results import store  # noqa: E402
 
 BASE_SEED = 1000
-# The levels at which every comparison is decided (the tests' statistics do not depend on it):
-# the gate's default, 0.001, and its former default, 0.005 (see gradbench.app.check).
-ALPHAS = (0.001, 0.005)
 CI_PARTS = ("gaussian-quadratic --set dim=30", "gaussian-quadratic --set dim=1 --samples 100000",
             "gaussian-exp --samples 100000", "gaussian-cos --samples 100000", "bernoulli-toy")
 
@@ -132,32 +124,45 @@ def finished_run(folder: Path) -> Path | None:
     return None
 
 
-def generate(parts: list[Part], runs: int, cache: Path, shard: tuple[int, int] = (0, 1)
-             ) -> tuple[list[list[Path]], float]:
-    """Phase 1: a finished run of every part for seeds BASE_SEED .. BASE_SEED + runs - 1 (those
-    of the shard (K, N): every N-th from the K-th); returns the run folders per seed and the
-    recorded seconds of all of them."""
-    seeds: list[list[Path]] = [[] for _ in range(runs)]
-    seconds = 0.0
-    first, step = shard
+def run_seed(parts: list[Part], i: int, cache: Path) -> tuple[list[Path], float]:
+    """Seed BASE_SEED + i: a finished run of every part (made or resumed where missing), and
+    their recorded seconds."""
+    runs, seconds = [], 0.0
     for part in parts:
-        for i in range(first, runs, step):
-            folder = part.folder(cache) / f"seed-{BASE_SEED + i:05d}"
-            done = finished_run(folder)
-            timing = folder / "seconds.json"
-            if done is None:
-                start = time.perf_counter()
-                partial = sorted(p for p in folder.iterdir() if not p.name.endswith(".json")) \
-                    if folder.is_dir() else []
-                outcome = execute.execute(part.request(BASE_SEED + i), folder,
-                                          command="scripts/calibrate_check.py",
-                                          run_id=partial[0].name if partial else None)
-                done = outcome.run_dir
-                timing.write_text(json.dumps(time.perf_counter() - start))
-                print(f"seed {BASE_SEED + i} {part.spec}: {len(outcome.plan.cells)} cells in "
-                      f"{json.loads(timing.read_text()):.1f} s", flush=True)
-            seconds += json.loads(timing.read_text()) if timing.exists() else math.nan
-            seeds[i].append(done)
+        folder = part.folder(cache) / f"seed-{BASE_SEED + i:05d}"
+        done = finished_run(folder)
+        timing = folder / "seconds.json"
+        if done is None:
+            start = time.perf_counter()
+            partial = sorted(p for p in folder.iterdir() if not p.name.endswith(".json")) \
+                if folder.is_dir() else []
+            outcome = execute.execute(part.request(BASE_SEED + i), folder,
+                                      command="scripts/calibrate_check.py",
+                                      run_id=partial[0].name if partial else None)
+            done = outcome.run_dir
+            timing.write_text(json.dumps(time.perf_counter() - start))
+            print(f"seed {BASE_SEED + i} {part.spec}: {len(outcome.plan.cells)} cells in "
+                  f"{json.loads(timing.read_text()):.1f} s", flush=True)
+        seconds += json.loads(timing.read_text()) if timing.exists() else math.nan
+        runs.append(done)
+    return runs, seconds
+
+
+def shard_pairs(runs: int, shard: tuple[int, int]) -> list[int]:
+    """The pairs (seeds 2i, 2i + 1) of shard (K, N): every N-th from the K-th. Whole pairs, so a
+    shard can analyse each of its pairs as soon as it has made it."""
+    first, step = shard
+    return list(range(first, runs // 2, step))
+
+
+def generate(parts: list[Part], runs: int, cache: Path) -> tuple[list[list[Path]], float]:
+    """Phase 1: a finished run of every part for seeds BASE_SEED .. BASE_SEED + runs - 1; returns
+    the run folders per seed and the recorded seconds of all of them."""
+    seeds, seconds = [], 0.0
+    for i in range(runs):
+        folders, spent = run_seed(parts, i, cache)
+        seeds.append(folders)
+        seconds += spent
     return seeds, seconds
 
 
@@ -201,91 +206,6 @@ def _refresh_cell(path: Path, rows: dict[str, list]) -> None:
         table = table.set_column(index, table.schema.field(index),
                                  pa.array(rows[name], type=table.schema.field(index).type))
     store.write_parquet(path, table)
-
-
-# ---------------------------------------------------------------- phase 2: analysis
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact binomial confidence interval for k successes in n trials."""
-    tail = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
-    return lo, hi
-
-
-def inflate(frame: pd.DataFrame, factor: float) -> pd.DataFrame:
-    """What mean + sqrt(factor) (X - mean) gives on the same draws: the variance, its SE and its
-    interval scale by factor, std by sqrt(factor); the mean and every standardised moment stay."""
-    out = frame.copy()
-    for column in ("variance", "variance_se", "variance_lo", "variance_hi",
-                   "mean_coord_variance", "mean_coord_variance_se", "max_coord_variance",
-                   "max_coord_variance_se"):
-        out[column] = out[column] * factor
-    out["std"] = out["std"] * math.sqrt(factor)
-    return out
-
-
-def _power(result: check.CheckResult) -> tuple[int, int]:
-    """Inflated cells flagged for variance, and cells with a variance test."""
-    tested = result.rows[result.rows["z_variance"].notna()]
-    per_cell = (tested["verdict"].isin([check.VARIANCE, check.VARIANCE_AND_BIAS])
-                .groupby(tested["_cell"]).any())
-    return int(per_cell.sum()), len(per_cell)
-
-
-def _at_alpha(result: check.CheckResult, alpha: float) -> check.CheckResult:
-    """The same comparison decided at another alpha (the tests' statistics do not change)."""
-    if alpha == result.alpha:
-        return result
-    rows, tests = check_tests.decide(result.rows, result.tolerance, alpha)
-    return replace(result, rows=rows, alpha=alpha, tests=tests)
-
-
-def analyse(seeds: list[list[Path]], inflation: float) -> dict:
-    """False alarms and power at the gate's default alpha and at each of ALPHAS."""
-    pairs = len(seeds) // 2
-    if pairs < 1:
-        raise BenchError("need at least 2 runs (1 pair); raise --runs")
-    levels = {alpha: {"alarms": 0, "failing": 0, "hit": 0, "testable": 0}
-              for alpha in dict.fromkeys((check.DEFAULT_ALPHA, *ALPHAS))}
-    flagged_rows, untestable = [], 0
-    for i in range(pairs):
-        baseline = store.read_results(*seeds[2 * i])
-        current = store.read_results(*seeds[2 * i + 1])
-        null = check.compare(current, baseline)
-        power = check.compare(inflate(current, inflation), baseline)
-        untestable += len(check_summary.untestable_cells(null))
-        if null.failed:
-            flagged_rows.append(null.regressions.assign(pair=i))
-        for alpha, level in levels.items():
-            null_a, power_a = _at_alpha(null, alpha), _at_alpha(power, alpha)
-            hit, testable = _power(power_a)
-            level["alarms"] += null_a.failed
-            level["failing"] += power_a.failed
-            level["hit"] += hit
-            level["testable"] += testable
-        hit, testable = _power(power)  # at the default alpha, as `null`
-        print(f"pair {i}: null {'FLAGGED' if null.failed else 'clean'}, inflated "
-              f"{hit}/{testable} testable cells flagged", flush=True)
-    by_alpha = {str(alpha): {"false_alarms": level["alarms"],
-                             "false_alarm_ci": list(clopper_pearson(level["alarms"], pairs)),
-                             "power_runs": level["failing"],
-                             "power_cells": level["hit"] / max(level["testable"], 1)}
-                for alpha, level in levels.items()}
-    default = levels[check.DEFAULT_ALPHA]
-    report = {"pairs": pairs, "alpha": check.DEFAULT_ALPHA,
-              **by_alpha[str(check.DEFAULT_ALPHA)], "by_alpha": by_alpha,
-              "testable_cells": default["testable"] / pairs,
-              "cells": null.rows["_cell"].nunique(), "rows": len(null.rows),
-              "tests": null.tests, "untestable_pairs_per_check": untestable / pairs,
-              "inflation": inflation}
-    if flagged_rows:
-        flagged = pd.concat(flagged_rows)
-        report["false_alarm_rows"] = flagged[["pair", "estimator", "settings", "param", "coord",
-                                              "verdict", "ratio", "z_variance", "z_bias"]
-                                             ].astype(str).to_dict("records")
-    return report
 
 
 # ---------------------------------------------------------------- the table
@@ -355,7 +275,7 @@ def main() -> None:
                         help="re-measure this estimator's cached cells with the current "
                              "reliability rules before the analysis (no new seeds)")
     parser.add_argument("--shard", type=_shard, default=None, metavar="K/N",
-                        help="make only every N-th seed's runs from the K-th; no analysis")
+                        help="make and analyse only every N-th pair from the K-th; no report")
     parser.add_argument("--table", type=Path, default=None,
                         help="write the table of every cached report here (no new runs)")
     args = parser.parse_args()
@@ -371,16 +291,22 @@ def main() -> None:
             parts = configuration(name, args.samples)
             if args.refresh:
                 refresh(parts, args.runs, args.cache, args.refresh)
-            seeds, seconds = generate(parts, args.runs, args.cache, args.shard or (0, 1))
-            if args.shard is not None:
-                continue  # another call analyses the whole cache
-            start = time.perf_counter()
-            report = analyse(seeds, args.inflation)
+            folder = pair_folder(args.cache, name, args.samples, args.inflation)
+            if args.shard is not None:  # make and analyse this shard's pairs; no report
+                for i in shard_pairs(args.runs, args.shard):
+                    baseline, current = (run_seed(parts, j, args.cache)[0]
+                                         for j in (2 * i, 2 * i + 1))
+                    cached_pair(folder, i, baseline, current, args.inflation)
+                continue
+            seeds, seconds = generate(parts, args.runs, args.cache)
+            results = [cached_pair(folder, i, seeds[2 * i], seeds[2 * i + 1], args.inflation)
+                       for i in range(args.runs // 2)]
+            report = summarise(results, args.inflation)
             samples = args.samples or ("mixed" if name == "ci" else
                                        get_suite(name).default_samples)
             report |= {"configuration": name, "parts": [p.spec for p in parts],
                        "samples": samples, "run_seconds": seconds,
-                       "analysis_seconds": time.perf_counter() - start}
+                       "analysis_seconds": sum(r["seconds"] for r in results)}
             path = args.cache / f"report-{name}-n{samples}-r{args.runs}.json"
             path.write_text(json.dumps(report, indent=2))
             lo, hi = report["false_alarm_ci"]

@@ -1,5 +1,5 @@
-"""scripts/calibrate_check.py's sharding: N processes filling one cache make the same runs as one
-process would, and a later unsharded call analyses them all without running any again."""
+"""scripts/calibrate_check.py's sharding: N processes filling one cache make and analyse the same
+pairs as one process would, and a later unsharded call reports them without redoing any."""
 
 from __future__ import annotations
 
@@ -23,11 +23,14 @@ def calibrate(cache: Path, *extra: str) -> str:
 def test_shards_fill_one_cache_and_the_unsharded_call_only_analyses(tmp_path: Path) -> None:
     first = calibrate(tmp_path, "--shard", "0/2")
     second = calibrate(tmp_path, "--shard", "1/2")
-    assert [line.split()[1] for line in first.splitlines()] == ["1000", "1002"]
-    assert [line.split()[1] for line in second.splitlines()] == ["1001", "1003"]
-    assert not list(tmp_path.glob("report-*.json"))  # shards do not analyse
+    # whole pairs per shard, each analysed as soon as it is made
+    assert [line.split()[:2] for line in first.splitlines()] == [
+        ["seed", "1000"], ["seed", "1001"], ["pair", "0:"]]
+    assert [line.split()[:2] for line in second.splitlines()] == [
+        ["seed", "1002"], ["seed", "1003"], ["pair", "1:"]]
+    assert not list(tmp_path.glob("report-*.json"))  # shards write no report
     final = calibrate(tmp_path)
-    assert "cells in" not in final  # every run was cached
+    assert "cells in" not in final and "pair" not in final  # every run and analysis was cached
     report = json.loads(next(tmp_path.glob("report-weibull-*.json")).read_text())
     assert report["pairs"] == 2
     assert {"false_alarms", "false_alarm_ci", "power_runs"} <= report.keys()
