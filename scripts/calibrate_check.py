@@ -29,7 +29,8 @@ reliability rules touched only that estimator (see `refresh`), so the cache need
 Phase 2 (~8 s a gaussian-quadratic pair): disjoint seed pairs (0, 1), (2, 3), ..., so pairs are
 independent and a binomial interval is honest; each seed's results are all its parts together.
 Each pair's analysis is cached under pairs-<configuration>-...-<code hash>/ (the hash of every
-gradbench module and this script, so a changed gate is never judged by old verdicts).
+gradbench module and of scripts/check_pairs.py, so a changed gate is never judged by old
+verdicts).
   - null: check.compare(current=seed 2i+1, baseline=seed 2i); a false alarm is a pair where
     anything fails (a variance or bias regression). Rows not reliable at their n are "not
     testable" (gradbench.app.check) and counted separately.

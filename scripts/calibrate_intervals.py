@@ -42,10 +42,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import beta
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from check_pairs import clopper_pearson  # noqa: E402
 
 from gradbench.app import planning  # noqa: E402
 from gradbench.app.measure import _warmup_state  # noqa: E402
@@ -244,13 +245,6 @@ def _formula_check(draws: np.ndarray, exact: dict[str, float]) -> list[float]:
 
 
 # ---------------------------------------------------------------- tables
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    tail = (1 - level) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
-    return lo, hi
 
 
 def share(flags: list[bool]) -> str:

@@ -20,7 +20,7 @@ def calibrate(cache: Path, *extra: str) -> str:
     return done.stdout
 
 
-def test_shards_fill_one_cache_and_the_unsharded_call_only_analyses(tmp_path: Path) -> None:
+def test_shards_make_and_analyse_pairs_and_the_unsharded_call_only_reports(tmp_path: Path) -> None:
     first = calibrate(tmp_path, "--shard", "0/2")
     second = calibrate(tmp_path, "--shard", "1/2")
     # whole pairs per shard, each analysed as soon as it is made
