@@ -66,7 +66,9 @@ class StreamingMoments:
     NaN/Inf entries are excluded per coordinate and counted, as in `Moments.of`. On the CPU an
     all-finite chunk (one host-side check of S1) skips the masks; elsewhere the masked path
     always runs, and the only host reads are the checks for coordinates still without a shift,
-    after chunks 1, 2, 4, 8, ... while any remain: no host round-trip per chunk.
+    after chunks 1, 2, 4, 8, ... while any remain: no host round-trip per chunk. Counts are
+    rows added minus non-finite entries (per coordinate and per group), so an all-finite chunk
+    updates no count tensor.
 
     float32 chunks on the CPU: a chunk's sums are taken in float32 and promoted to float64 before
     they are accumulated (the statistics in float64 took more time than the float32 estimates
@@ -90,17 +92,21 @@ class StreamingMoments:
         self._chunks = 0
         self._next_check = 1
         self._sums = torch.zeros(4, coords, dtype=_F64, device=device)  # S1..S4
-        self._count = torch.zeros(coords, dtype=torch.int64, device=device)
+        # Counts are rows added minus non-finite entries, per coordinate and per group: only
+        # the non-finite tallies are tensors, touched only by chunks that hold such entries.
         self._nonfinite = torch.zeros(coords, dtype=torch.int64, device=device)
         self._rows = 0
         self._samples = samples
         self._groups = group_count(samples, coords) if samples else 1
         self._group_sums = (torch.zeros(2, self._groups, coords, dtype=_F64, device=device)
                             if samples else None)
-        self._group_count = (torch.zeros(self._groups, coords, dtype=torch.int64, device=device)
-                             if samples else None)
+        self._group_rows = [0] * self._groups
+        self._group_nonfinite = (torch.zeros(self._groups, coords, dtype=torch.int64,
+                                             device=device) if samples else None)
         if tail_coords is not None and torch.equal(tail_coords.cpu(), torch.arange(coords)):
             tail_coords = None  # every column, in order: no gather (a copy of each chunk)
+        self._tail_runs = _runs(tail_coords) if tail_coords is not None else None
+        self._finite_chunk = False  # did the chunk being added hold only finite values?
         self._tails = TailBuffer(tail_coords, tail_size, blocks, device) if tail_size else None
 
     def add(self, x: Tensor) -> None:
@@ -122,7 +128,10 @@ class StreamingMoments:
             finite = torch.isfinite(x)
             self._set_shifts(x, finite)
         slices = self._slices(rows)
+        for group, start, stop in slices:
+            self._group_rows[group] += stop - start
         norms = self._tails.norm_accumulator(rows, x) if self._tails is not None else None
+        self._finite_chunk = True  # until a column block takes the masked path
         if x.device.type != "cpu":
             d = self._add_columns(x, slice(None), finite, slices, norms)
         else:
@@ -147,9 +156,16 @@ class StreamingMoments:
         columns = self._tails.coords
         if d is not None and columns is None:
             return d
-        part = x if columns is None else x[:, columns]
         shift = self._shift_for(x)
-        shift = shift if columns is None else shift[columns]
+        if columns is None:
+            part = x
+        elif self._tail_runs is not None:  # a few column ranges: slices, not a gather
+            part = torch.cat([x[:, a:b] for a, b in self._tail_runs], dim=1)
+            shift = torch.cat([shift[a:b] for a, b in self._tail_runs])
+        else:
+            part, shift = x[:, columns], shift[columns]
+        if self._finite_chunk:
+            return part - shift
         return torch.where(torch.isfinite(part), part - shift, 0.0)
 
     def _shift_for(self, x: Tensor) -> Tensor:
@@ -167,7 +183,6 @@ class StreamingMoments:
             if finite is None and self._shift32 is not None:
                 d = x - self._shift32[cols]
                 if self._accumulate32(d, cols, slices, norms):
-                    self._count[cols] += rows
                     return d
             x = x.to(_F64)  # a NaN, an overflow or an underflow: the float64 path, as before
         if finite is None and x.device.type == "cpu":
@@ -176,21 +191,20 @@ class StreamingMoments:
             # A NaN or Inf anywhere makes the sum non-finite: one cheap check picks the path.
             if math.isfinite(float(sum(float(s.sum()) for s in first))):
                 self._accumulate(d, None, cols, slices, first, norms)
-                self._count[cols] += rows
                 return d
+        self._finite_chunk = False
         if finite is None:
             finite = torch.isfinite(x)
         count = finite.sum(0)
         d = torch.where(finite, x - self._shift[cols], 0.0)
         self._accumulate(d, finite, cols, slices, None, norms)
-        self._count[cols] += count
         self._nonfinite[cols] += rows - count
         return d
 
     def _accumulate(self, d: Tensor, finite: Tensor | None, cols: slice,
                     slices: list[tuple[int, int, int]], first: list[Tensor] | None,
                     norms: Tensor | None) -> None:
-        total = torch.zeros(4, d.shape[1], dtype=_F64, device=d.device)
+        total = None
         for index, (group, start, stop) in enumerate(slices):
             part = d[start:stop]
             power = part * part
@@ -201,12 +215,13 @@ class StreamingMoments:
             power.mul_(part)  # in place: d^3, then d^4, in one temporary
             s3 = power.sum(0)
             power.mul_(part)
-            total += torch.stack((s1, s2, s3, power.sum(0)))
+            sums = torch.stack((s1, s2, s3, power.sum(0)))
+            # The same additions as summing the slices into a zero total first, one op fewer.
+            total = sums if total is None else total + sums
             if self._group_sums is not None:
-                self._group_sums[0, group, cols] += s1
-                self._group_sums[1, group, cols] += s2
-                self._group_count[group, cols] += (stop - start if finite is None
-                                                   else finite[start:stop].sum(0))
+                self._group_sums[:, group, cols] += sums[:2]
+                if finite is not None:
+                    self._group_nonfinite[group, cols] += (stop - start) - finite[start:stop].sum(0)
         self._sums[:, cols] += total
 
     def _accumulate32(self, d: Tensor, cols: slice, slices: list[tuple[int, int, int]],
@@ -225,7 +240,6 @@ class StreamingMoments:
         for (group, start, stop), part in zip(slices, parts, strict=True):
             if self._group_sums is not None:
                 self._group_sums[:, group, cols] += part[:2]
-                self._group_count[group, cols] += stop - start
             if norms is not None:
                 self._tails.add_norms(norms[:, start:stop], square[start:stop], cols)
         self._sums[:, cols] += parts[0] if len(slices) == 1 else parts.sum(0)
@@ -270,7 +284,7 @@ class StreamingMoments:
 
     def moments(self) -> Moments:
         """The moments of every chunk added so far (the state is left unchanged)."""
-        n = self._count
+        n = self._rows - self._nonfinite
         fn = n.clamp(min=1).to(_F64)
         s1, s2, s3, s4 = self._sums
         delta = s1 / fn
@@ -278,14 +292,16 @@ class StreamingMoments:
         m2 = (s2 - s1 * delta).clamp(min=0.0)
         m3 = s3 - 3.0 * delta * s2 + 2.0 * fn * delta**3
         m4 = (s4 - 4.0 * delta * s3 + 6.0 * delta**2 * s2 - 3.0 * fn * delta**4).clamp(min=0.0)
-        return Moments(count=n.clone(), mean=mean, m2=m2, m3=m3, m4=m4,
+        return Moments(count=n, mean=mean, m2=m2, m3=m3, m4=m4,
                        nonfinite=self._nonfinite.clone())
 
     def groups(self) -> GroupSums:
         """The per-group sums (needs `samples`): the rows added so far."""
         if self._group_sums is None:
             raise ValueError("StreamingMoments keeps group sums only when given `samples`")
-        return GroupSums(count=self._group_count.clone(), s1=self._group_sums[0].clone(),
+        rows = torch.tensor(self._group_rows, dtype=torch.int64, device=self._shift.device)
+        return GroupSums(count=rows[:, None] - self._group_nonfinite,
+                         s1=self._group_sums[0].clone(),
                          s2=self._group_sums[1].clone(), shift=self._shift.clone())
 
     def tails(self) -> Tails:
@@ -293,6 +309,18 @@ class StreamingMoments:
         if self._tails is None:
             raise ValueError("StreamingMoments keeps tails only when given `tail_size`")
         return self._tails.result()
+
+
+def _runs(columns: Tensor) -> list[tuple[int, int]] | None:
+    """`columns` as at most 8 ranges [a, b) of consecutive indices, in order (the tracked
+    columns are the first ones of each parameter); None if it takes more, or none."""
+    runs: list[list[int]] = []
+    for column in columns.cpu().tolist():
+        if runs and column == runs[-1][1]:
+            runs[-1][1] += 1
+        else:
+            runs.append([column, column + 1])
+    return [(a, b) for a, b in runs] if 0 < len(runs) <= 8 else None
 
 
 def _usable(parts: Tensor) -> bool:

@@ -11,6 +11,11 @@ from torch import Tensor
 
 _F64 = torch.float64
 STAGE_ROWS = 2048  # rows of deviations staged before a merge into the tail buffer
+# Above this many columns (tracked coordinates plus block norms), a full buffer stages single
+# entries above their column's floor, not whole rows: with many columns nearly every row has
+# some column above its floor, so row staging merged every row (at dim 1,000, 128 tracked
+# columns: 16 topk merges of 2,048 rows each for 16,384 estimates, 5% of the cell).
+ENTRY_COLUMNS = 16
 
 
 @dataclass(frozen=True)
@@ -34,7 +39,10 @@ class TailBuffer:
     """The `size` largest |d| per tracked column and the largest block norms ||d_b||^2. Chunks
     are staged and merged with topk once the stage holds STAGE_ROWS (or `size`) rows: merging
     every chunk re-sorted the whole buffer each time (measured: 3.6x the cost of the moments on
-    a 1000-coordinate cell with 64-row chunks)."""
+    a 1000-coordinate cell with 64-row chunks). With more than ENTRY_COLUMNS columns, a full
+    buffer stages single entries instead (`_add_entries`). Either way the kept magnitudes are
+    exactly the T largest; among entries tied at the floor, the entry path keeps the earlier
+    one, the row path either (a signed +a/-a tie can differ between the two paths)."""
 
     def __init__(self, coords: Tensor | None, size: int, blocks: Sequence[tuple[int, int]],
                  device: torch.device | str) -> None:
@@ -49,6 +57,9 @@ class TailBuffer:
         self.floor: tuple[Tensor, Tensor | None] | None = None  # smallest |d|, norm kept
         self.staged: list[tuple[Tensor, Tensor | None]] = []
         self.staged_rows = 0
+        # Entries above the floor, per buffer (deviations, norms): (column, value) pairs.
+        self.entries: tuple[list[Entries], list[Entries]] = ([], [])
+        self.entry_count = 0
         self._floor32: Tensor | None = None
 
     def norm_accumulator(self, rows: int, x: Tensor) -> Tensor | None:
@@ -73,6 +84,10 @@ class TailBuffer:
         # Handled transposed, [columns, rows]: topk along contiguous memory ran 3x faster, and
         # many-estimate chunks arrive coordinate-major, so the transpose is contiguous already.
         tracked = tracked.T
+        columns = tracked.shape[0] + (0 if norms is None else norms.shape[0])
+        if self.floor is not None and tracked.device.type == "cpu" and columns > ENTRY_COLUMNS:
+            self._add_entries(tracked, norms)
+            return
         if self.floor is not None and tracked.device.type == "cpu":
             hit = _above(tracked.abs(), self._floor_in(tracked.dtype))
             if norms is not None:
@@ -103,7 +118,23 @@ class TailBuffer:
                                         rounded)
         return self._floor32
 
+    def _add_entries(self, tracked: Tensor, norms: Tensor | None) -> None:
+        """Stage the entries above their column's floor (strictly, as the row screen); merge
+        once a buffer's worth per column is staged, so the floors rise as the stream grows."""
+        self.entry_count += _stage(self.entries[0], tracked, tracked.abs(),
+                                   self._floor_in(tracked.dtype))
+        if norms is not None:
+            self.entry_count += _stage(self.entries[1], norms, norms, self.floor[1])
+        if self.entry_count >= self.size * (tracked.shape[0] + len(self.blocks)):
+            self._flush()
+
     def _flush(self) -> None:
+        if self.entry_count:
+            self.deviations = _merge_entries(self.deviations, self.entries[0], self.size, True)
+            if self.blocks:
+                self.norms = _merge_entries(self.norms, self.entries[1], self.size, False)
+            self.entries, self.entry_count = ([], []), 0
+            self._set_floor()
         if not self.staged:
             return
         tracked = torch.cat([t for t, _ in self.staged], dim=1)
@@ -112,6 +143,9 @@ class TailBuffer:
             norms = torch.cat([n for _, n in self.staged], dim=1)
             self.norms = self._merge(self.norms, norms, by_magnitude=False)
         self.staged, self.staged_rows = [], 0
+        self._set_floor()
+
+    def _set_floor(self) -> None:
         if self.deviations.shape[1] >= self.size:  # floors: |deviation|, squared norm
             self._floor32 = None
             self.floor = (self.deviations.abs().amin(1),
@@ -134,6 +168,44 @@ class TailBuffer:
                      deviations=self.deviations.T if self.deviations is not None else empty,
                      norms=self.norms.T if self.norms is not None else empty,
                      norm_blocks=tuple(self.block_index))
+
+
+Entries = tuple[Tensor, Tensor]  # column indices [h] and float64 values [h]
+
+
+def _stage(staged: list[Entries], values: Tensor, keys: Tensor, floor: Tensor) -> int:
+    """Append the entries of values [K, m] whose key exceeds their column's floor [K]; returns
+    how many."""
+    index = (keys > floor[:, None]).nonzero()
+    if index.shape[0]:
+        columns, rows = index.unbind(1)
+        staged.append((columns, values[columns, rows].to(_F64)))
+    return int(index.shape[0])
+
+
+def _merge_entries(buffer: Tensor, staged: list[Entries], size: int, by_magnitude: bool
+                   ) -> Tensor:
+    """The `size` largest (by |value| or value) of each column of a full buffer [K, size] and
+    its staged entries: the entries are laid out per column, padded with keys below any real
+    one (-1: keys are magnitudes or squared norms), and merged by one topk."""
+    if not staged:
+        return buffer
+    columns = torch.cat([c for c, _ in staged])
+    values = torch.cat([v for _, v in staged])
+    order = torch.argsort(columns, stable=True)  # per column, in arrival order
+    columns, values = columns[order], values[order]
+    counts = torch.bincount(columns, minlength=buffer.shape[0])
+    start = counts.cumsum(0) - counts
+    position = torch.arange(columns.shape[0], device=columns.device) - start[columns]
+    width = int(counts.max())
+    dense = torch.zeros(buffer.shape[0], width, dtype=_F64, device=buffer.device)
+    keys = torch.full_like(dense, -1.0)
+    dense[columns, position] = values
+    keys[columns, position] = values.abs() if by_magnitude else values
+    candidates = torch.cat((buffer, dense), dim=1)
+    keys = torch.cat((buffer.abs() if by_magnitude else buffer, keys), dim=1)
+    index = torch.topk(keys, size, dim=1, sorted=False).indices
+    return torch.gather(candidates, 1, index)
 
 
 def _above(values: Tensor, floor: Tensor) -> Tensor:
