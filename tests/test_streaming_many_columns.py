@@ -107,3 +107,32 @@ def test_non_finite_entries_are_counted_per_group_and_left_out_of_the_tails(chun
         expected = np.sort(np.abs(d[:, column]))[-TAIL:]
         np.testing.assert_array_equal(np.sort(np.abs(tails.deviations[:, index].numpy())),
                                       expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("chunk", [7, 300])  # row-major (7 < 40 columns) and coordinate-major
+def test_batched_slice_sums_are_bit_identical_to_slice_by_slice(chunk, dtype, monkeypatch):
+    """A chunk spanning many groups takes its powers once (_batched_sums) instead of slice by
+    slice; the results must not change by a single bit (the reductions are the same)."""
+    from gradbench.core import streaming
+    x = samples(3000, seed=9)
+    x[5, 3] = np.nan  # one chunk through the masked path too
+
+    def run(many: int) -> StreamingMoments:
+        monkeypatch.setattr(streaming, "MANY_SLICES", many)
+        acc = StreamingMoments(COLUMNS, samples=3000, tail_coords=torch.tensor(TRACKED),
+                               tail_size=TAIL, blocks=BLOCKS)
+        tensor = torch.from_numpy(x).to(dtype)
+        if chunk > COLUMNS:  # coordinate-major chunks, as measure._stacked lays them out
+            tensor = tensor.T.contiguous().T
+        for start in range(0, 3000, chunk):
+            acc.add(tensor[start:start + chunk])
+        return acc
+
+    batched, each = run(0), run(10**9)
+    for a, b in [(batched.moments(), each.moments()), (batched.groups(), each.groups()),
+                 (batched.tails(), each.tails())]:
+        for field in vars(a):
+            left, right = getattr(a, field), getattr(b, field)
+            if isinstance(left, torch.Tensor):
+                assert torch.equal(left.nan_to_num(), right.nan_to_num()), field

@@ -17,6 +17,7 @@ from gradbench.core.tail_buffer import TailBuffer, Tails
 _F64 = torch.float64
 BLOCK_BYTES = 1 << 19  # one column block of a CPU chunk: 512 KiB, a quarter of a core's L2
 MAX_GROUPS = 64
+MANY_SLICES = 2  # a column block spanning more groups takes its powers once (_batched_sums)
 GROUP_BYTES = 128 << 20  # memory for the per-group sums (two float64 [G, C] tensors)
 
 
@@ -181,9 +182,10 @@ class StreamingMoments:
         rows = x.shape[0]
         if x.dtype == torch.float32:
             if finite is None and self._shift32 is not None:
-                d = x - self._shift32[cols]
-                if self._accumulate32(d, cols, slices, norms):
-                    return d
+                powers = _powers_like(x, 4)  # d, d^2, d^3, d^4
+                torch.sub(x, self._shift32[cols], out=powers[0])
+                if self._accumulate32(powers, cols, slices, norms):
+                    return powers[0]
             x = x.to(_F64)  # a NaN, an overflow or an underflow: the float64 path, as before
         if finite is None and x.device.type == "cpu":
             d = x - self._shift[cols]
@@ -204,8 +206,30 @@ class StreamingMoments:
     def _accumulate(self, d: Tensor, finite: Tensor | None, cols: slice,
                     slices: list[tuple[int, int, int]], first: list[Tensor] | None,
                     norms: Tensor | None) -> None:
-        total = None
-        for index, (group, start, stop) in enumerate(slices):
+        """Add S1..S4 of each slice of d's rows to the totals and the group sums (and the
+        rows' squared deviations to the block norms); `first` holds the slices' S1 if known."""
+        if len(slices) > MANY_SLICES:
+            parts = self._batched_sums(d, slices, first, norms, cols)
+        else:
+            parts = self._slice_sums(d, slices, first, norms, cols)
+        total = parts[0]
+        for part in parts[1:]:  # the same additions as into a zero total, in order
+            total = total + part
+        if self._group_sums is not None:
+            groups = slice(slices[0][0], slices[0][0] + len(slices))  # consecutive groups
+            self._group_sums[:, groups, cols] += (parts[0][:2, None] if len(parts) == 1
+                                                  else torch.stack(parts, 1)[:2])
+            if finite is not None:
+                for group, start, stop in slices:
+                    self._group_nonfinite[group, cols] += (stop - start) - finite[start:stop].sum(0)
+        self._sums[:, cols] += total
+
+    def _slice_sums(self, d: Tensor, slices: list[tuple[int, int, int]],
+                    first: list[Tensor] | None, norms: Tensor | None, cols: slice
+                    ) -> list[Tensor]:
+        """[4, columns] sums per slice, the powers taken slice by slice in one temporary."""
+        parts = []
+        for index, (_, start, stop) in enumerate(slices):
             part = d[start:stop]
             power = part * part
             s1 = part.sum(0) if first is None else first[index]
@@ -215,32 +239,51 @@ class StreamingMoments:
             power.mul_(part)  # in place: d^3, then d^4, in one temporary
             s3 = power.sum(0)
             power.mul_(part)
-            sums = torch.stack((s1, s2, s3, power.sum(0)))
-            # The same additions as summing the slices into a zero total first, one op fewer.
-            total = sums if total is None else total + sums
-            if self._group_sums is not None:
-                self._group_sums[:, group, cols] += sums[:2]
-                if finite is not None:
-                    self._group_nonfinite[group, cols] += (stop - start) - finite[start:stop].sum(0)
-        self._sums[:, cols] += total
+            parts.append(torch.stack((s1, s2, s3, power.sum(0))))
+        return parts
 
-    def _accumulate32(self, d: Tensor, cols: slice, slices: list[tuple[int, int, int]],
+    def _batched_sums(self, d: Tensor, slices: list[tuple[int, int, int]],
+                      first: list[Tensor] | None, norms: Tensor | None, cols: slice
+                      ) -> list[Tensor]:
+        """The same sums for a chunk that spans many groups (few rows per slice): d^2, d^3,
+        d^4 once for the whole block, then one reduction per slice over the three (each
+        bit-identical to its own sum; a per-slice product costs more than its rows' work)."""
+        powers = _powers_like(d, 3)
+        torch.mul(d, d, out=powers[0])
+        torch.mul(powers[0], d, out=powers[1])
+        torch.mul(powers[1], d, out=powers[2])
+        # A row's sum over a row-major block's columns does not depend on the rows around it;
+        # over a coordinate-major one it may (torch vectorises across rows), so per slice.
+        whole = norms is not None and d.stride(1) == 1
+        if whole:
+            self._tails.add_norms(norms, powers[0], cols)
+        parts = []
+        for index, (_, start, stop) in enumerate(slices):
+            s1 = d[start:stop].sum(0) if first is None else first[index]
+            if norms is not None and not whole:
+                self._tails.add_norms(norms[:, start:stop], powers[0, start:stop], cols)
+            parts.append(torch.cat((s1[None], powers[:, start:stop].sum(1))))
+        return parts
+
+    def _accumulate32(self, powers: Tensor, cols: slice, slices: list[tuple[int, int, int]],
                       norms: Tensor | None) -> bool:
-        """_accumulate on float32 deviations, each slice's sums taken in float32 and promoted;
-        nothing is accumulated, and False returned, when any sum is not finite or some S4 is
-        below 2^-100 without S2 being 0 (class docstring)."""
-        square = d * d
-        cube = square * d
-        fourth = square * square
-        parts = torch.stack([torch.stack((d[a:b].sum(0), square[a:b].sum(0), cube[a:b].sum(0),
-                                          fourth[a:b].sum(0))) for _, a, b in slices])
+        """_accumulate on float32 deviations (powers[0], the others filled here), each slice's
+        sums taken in float32 (one reduction over the four powers) and promoted; nothing is
+        accumulated, and False returned, when any sum is not finite or some S4 is below 2^-100
+        without S2 being 0 (class docstring)."""
+        d, square = powers[0], powers[1]
+        torch.mul(d, d, out=square)
+        torch.mul(square, d, out=powers[2])
+        torch.mul(square, square, out=powers[3])
+        parts = torch.stack([powers[:, a:b].sum(1) for _, a, b in slices])
         if not _usable(parts):
             return False
         parts = parts.to(_F64)  # [slices, 4, columns]
-        for (group, start, stop), part in zip(slices, parts, strict=True):
-            if self._group_sums is not None:
-                self._group_sums[:, group, cols] += part[:2]
-            if norms is not None:
+        if self._group_sums is not None:  # consecutive groups
+            groups = slice(slices[0][0], slices[0][0] + len(slices))
+            self._group_sums[:, groups, cols] += parts[:, :2].transpose(0, 1)
+        if norms is not None:
+            for _, start, stop in slices:
                 self._tails.add_norms(norms[:, start:stop], square[start:stop], cols)
         self._sums[:, cols] += parts[0] if len(slices) == 1 else parts.sum(0)
         return True
@@ -309,6 +352,16 @@ class StreamingMoments:
         if self._tails is None:
             raise ValueError("StreamingMoments keeps tails only when given `tail_size`")
         return self._tails.result()
+
+
+def _powers_like(x: Tensor, count: int) -> Tensor:
+    """An empty [count, rows, columns] buffer laid out like x [rows, columns], so that each
+    power's reductions run along the same memory as x's (coordinate-major chunks keep their
+    columns contiguous)."""
+    rows, columns = x.shape
+    if x.stride(0) == 1 and columns > 1:
+        return torch.empty(count, columns, rows, dtype=x.dtype, device=x.device).transpose(1, 2)
+    return torch.empty(count, rows, columns, dtype=x.dtype, device=x.device)
 
 
 def _runs(columns: Tensor) -> list[tuple[int, int]] | None:
