@@ -31,7 +31,8 @@ def main() -> int:
     key = [k for k in KEY if k in frame.columns]
     cpu = frame[frame["device"] == "cpu"].set_index(key)
     gpu = frame[frame["device"] == "cuda"].set_index(key)
-    both = cpu.join(gpu, how="inner", lsuffix="_cpu", rsuffix="_gpu")
+    both = cpu.merge(gpu, how="inner", left_index=True, right_index=True,
+                     suffixes=("_cpu", "_gpu"))
     if both.empty:
         print("no CPU/CUDA pairs in", args.results)
         return 1
