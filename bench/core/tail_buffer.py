@@ -41,8 +41,9 @@ class TailBuffer:
     every chunk re-sorted the whole buffer each time (measured: 3.6x the cost of the moments on
     a 1000-coordinate cell with 64-row chunks). With more than ENTRY_COLUMNS columns, a full
     buffer stages single entries instead (`_add_entries`). Either way the kept magnitudes are
-    exactly the T largest; among entries tied at the floor, the entry path keeps the earlier
-    one, the row path either (a signed +a/-a tie can differ between the two paths)."""
+    exactly the T largest. Ties are kept as they fall: the entry path never stages an entry
+    equal to its column's floor (the buffer's earlier one stays), the row path stages it with
+    its row and topk picks one, so a signed +a/-a tie can differ between the two paths."""
 
     def __init__(self, coords: Tensor | None, size: int, blocks: Sequence[tuple[int, int]],
                  device: torch.device | str) -> None:
@@ -130,9 +131,11 @@ class TailBuffer:
 
     def _flush(self) -> None:
         if self.entry_count:
-            self.deviations = _merge_entries(self.deviations, self.entries[0], self.size, True)
+            self.deviations = _merge_entries(self.deviations, self.entries[0], self.size,
+                                             by_magnitude=True)
             if self.blocks:
-                self.norms = _merge_entries(self.norms, self.entries[1], self.size, False)
+                self.norms = _merge_entries(self.norms, self.entries[1], self.size,
+                                            by_magnitude=False)
             self.entries, self.entry_count = ([], []), 0
             self._set_floor()
         if not self.staged:
@@ -183,7 +186,7 @@ def _stage(staged: list[Entries], values: Tensor, keys: Tensor, floor: Tensor) -
     return int(index.shape[0])
 
 
-def _merge_entries(buffer: Tensor, staged: list[Entries], size: int, by_magnitude: bool
+def _merge_entries(buffer: Tensor, staged: list[Entries], size: int, *, by_magnitude: bool
                    ) -> Tensor:
     """The `size` largest (by |value| or value) of each column of a full buffer [K, size] and
     its staged entries: the entries are laid out per column, padded with keys below any real
