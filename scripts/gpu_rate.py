@@ -3,7 +3,8 @@ float64, on every available device, with statistics included, timed two ways: th
 synchronised per-chunk timing (estimator only) and wall time around the whole cell with
 torch.cuda.synchronize() on both sides (estimates + statistics + summary). Beside it, the RNG
 floor (torch.randn into a preallocated tensor, synchronised) of the same dtype and device, and on
-CUDA the cell at other chunk sizes (measure.CUDA_BYTES), to show where launch overhead ends.
+CUDA the cell at other chunk sizes (measure.CUDA_BYTES), to show where launch overhead ends,
+and with the tail buffer's host-side screen on (tail_buffer.screens), which only the CPU uses.
 
     python scripts/gpu_rate.py [--samples 2**32]
 """
@@ -18,6 +19,7 @@ import torch
 
 from gradbench.app import measure, planning, process
 from gradbench.app.timing import synchronize
+from gradbench.core import tail_buffer
 
 SETTINGS = (("mu", 1.0), ("sigma", 1.0), ("k", 0.0), ("dim", 1))
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -81,6 +83,14 @@ def main() -> None:
             measure.CUDA_BYTES = default << shift
             for dtype in DTYPES:
                 report("cuda", dtype, args.samples, f"chunks x{1 << shift}")
+        measure.CUDA_BYTES = default
+        # The tail buffer's host-side screen, which only the CPU uses (tail_buffer.screens):
+        # on CUDA it costs a sync per chunk and saves the topk merges of every row.
+        tail_buffer.screens = lambda device: True
+        for shift in (0, 4):
+            measure.CUDA_BYTES = default << shift
+            for dtype in DTYPES:
+                report("cuda", dtype, args.samples, f"screened, x{1 << shift}")
         measure.CUDA_BYTES = default
 
 

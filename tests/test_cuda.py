@@ -112,3 +112,30 @@ def test_every_trainable_suite_trains_on_cuda(suite, tmp_path):
     assert result.exit_code == 0, result.output
     rows = store.read_training(tmp_path)
     assert (rows["device"] == "cuda").all() and sorted(set(rows["step"])) == [0, 2, 4]
+
+
+@pytest.mark.parametrize("columns", [list(range(24)), [0, 20]])  # entry staging, row staging
+def test_screened_tails_on_cuda_equal_the_unscreened(columns, monkeypatch):
+    """The tail buffer's host-side screen (CPU-only by default, tail_buffer.screens) is exact on
+    CUDA too: with it on, the same top-T magnitudes and block norms as without it."""
+    from gradbench.core import tail_buffer
+    from gradbench.core.streaming import StreamingMoments
+    x = torch.randn(20_000, 40, dtype=torch.float64, device="cuda") * torch.arange(
+        1, 41, device="cuda")
+
+    def tails():
+        acc = StreamingMoments(40, "cuda", samples=20_000, tail_size=51,
+                               tail_coords=torch.tensor(columns, device="cuda"),
+                               blocks=[(0, 20), (20, 40)])
+        for start in range(0, 20_000, 500):
+            acc.add(x[start:start + 500])
+        return acc.tails()
+
+    plain = tails()
+    monkeypatch.setattr(tail_buffer, "screens", lambda device: True)
+    screened = tails()
+    assert torch.equal(plain.deviations.abs().sort(0).values,
+                       screened.deviations.abs().sort(0).values)
+    for block in range(2):
+        assert torch.equal(plain.block_norms(block).sort().values,
+                           screened.block_norms(block).sort().values)

@@ -136,3 +136,29 @@ def test_batched_slice_sums_are_bit_identical_to_slice_by_slice(chunk, dtype, mo
             left, right = getattr(a, field), getattr(b, field)
             if isinstance(left, torch.Tensor):
                 assert torch.equal(left.nan_to_num(), right.nan_to_num()), field
+
+
+@pytest.mark.parametrize("columns", [TRACKED, [0, 20]])  # entry staging, row staging
+def test_unscreened_staging_keeps_the_same_tails(columns, monkeypatch):
+    """Off the CPU a full buffer stages every row (no host-side screen); run that path here:
+    the same exact top-T as the screened one, and the same block norms."""
+    x = samples(5000, seed=13)
+
+    def run() -> StreamingMoments:
+        acc = StreamingMoments(COLUMNS, samples=5000, tail_coords=torch.tensor(columns),
+                               tail_size=TAIL, blocks=BLOCKS)
+        tensor = torch.from_numpy(x)
+        for start in range(0, 5000, 200):
+            acc.add(tensor[start:start + 200])
+        return acc
+
+    screened = run().tails()
+    monkeypatch.setattr(tail_buffer, "screens", lambda device: False)
+    unscreened = run().tails()
+    for index in range(len(columns)):
+        np.testing.assert_array_equal(
+            np.sort(np.abs(screened.deviations[:, index].numpy())),
+            np.sort(np.abs(unscreened.deviations[:, index].numpy())))
+    for block in range(len(BLOCKS)):
+        np.testing.assert_array_equal(np.sort(screened.block_norms(block).numpy()),
+                                      np.sort(unscreened.block_norms(block).numpy()))

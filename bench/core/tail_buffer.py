@@ -81,15 +81,16 @@ class TailBuffer:
     def add(self, tracked: Tensor, norms: Tensor | None) -> None:
         """Stage a chunk's deviations in the tracked columns [m, K] and its block norms [B', m].
         Once the buffer is full, only rows above some column's current floor can enter (a
-        host-side decision, so CPU only): in a long stream few rows of a chunk do."""
+        host-side decision, so where `screens(device)`): in a long stream few rows of a chunk do."""
         # Handled transposed, [columns, rows]: topk along contiguous memory ran 3x faster, and
         # many-estimate chunks arrive coordinate-major, so the transpose is contiguous already.
         tracked = tracked.T
         columns = tracked.shape[0] + (0 if norms is None else norms.shape[0])
-        if self.floor is not None and tracked.device.type == "cpu" and columns > ENTRY_COLUMNS:
+        screen = self.floor is not None and screens(tracked.device)
+        if screen and columns > ENTRY_COLUMNS:
             self._add_entries(tracked, norms)
             return
-        if self.floor is not None and tracked.device.type == "cpu":
+        if screen:
             hit = _above(tracked.abs(), self._floor_in(tracked.dtype))
             if norms is not None:
                 hit |= _above(norms, self.floor[1])
@@ -174,6 +175,14 @@ class TailBuffer:
 
 
 Entries = tuple[Tensor, Tensor]  # column indices [h] and float64 values [h]
+
+
+def screens(device: torch.device) -> bool:
+    """Whether a full buffer screens chunks against its floors before staging them. The screen
+    is exact on any device but decides on the host (one sync per chunk), so it runs on the CPU
+    only; elsewhere every row is staged and merged by topk on the device. scripts/gpu_rate.py
+    measures CUDA both ways, for when a GPU can say which is faster there."""
+    return device.type == "cpu"
 
 
 def _stage(staged: list[Entries], values: Tensor, keys: Tensor, floor: Tensor) -> int:
