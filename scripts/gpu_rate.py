@@ -86,12 +86,12 @@ def main() -> None:
         measure.CUDA_BYTES = default
         # The tail buffer's host-side screen, which only the CPU uses (tail_buffer.screens):
         # on CUDA it costs a sync per chunk and saves the topk merges of every row.
-        tail_buffer.screens = lambda device: True
+        screens, tail_buffer.screens = tail_buffer.screens, lambda device: True
         for shift in (0, 4):
             measure.CUDA_BYTES = default << shift
             for dtype in DTYPES:
                 report("cuda", dtype, args.samples, f"screened, x{1 << shift}")
-        measure.CUDA_BYTES = default
+        measure.CUDA_BYTES, tail_buffer.screens = default, screens
 
 
 if __name__ == "__main__":

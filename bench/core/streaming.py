@@ -215,14 +215,20 @@ class StreamingMoments:
         total = parts[0]
         for part in parts[1:]:  # the same additions as into a zero total, in order
             total = total + part
-        if self._group_sums is not None:
-            groups = slice(slices[0][0], slices[0][0] + len(slices))  # consecutive groups
-            self._group_sums[:, groups, cols] += (parts[0][:2, None] if len(parts) == 1
-                                                  else torch.stack(parts, 1)[:2])
-            if finite is not None:
-                for group, start, stop in slices:
-                    self._group_nonfinite[group, cols] += (stop - start) - finite[start:stop].sum(0)
+        self._add_group_sums(parts[0][None] if len(parts) == 1 else torch.stack(parts),
+                             slices, cols)
+        if self._group_sums is not None and finite is not None:
+            for group, start, stop in slices:
+                self._group_nonfinite[group, cols] += (stop - start) - finite[start:stop].sum(0)
         self._sums[:, cols] += total
+
+    def _add_group_sums(self, parts: Tensor, slices: list[tuple[int, int, int]],
+                        cols: slice) -> None:
+        """Add the slices' S1, S2 (parts [slices, 4, columns]) to their groups' sums in one
+        update: a chunk's slices belong to consecutive groups."""
+        if self._group_sums is not None:
+            groups = slice(slices[0][0], slices[0][0] + len(slices))
+            self._group_sums[:, groups, cols] += parts[:, :2].transpose(0, 1)
 
     def _slice_sums(self, d: Tensor, slices: list[tuple[int, int, int]],
                     first: list[Tensor] | None, norms: Tensor | None, cols: slice
@@ -279,9 +285,7 @@ class StreamingMoments:
         if not _usable(parts):
             return False
         parts = parts.to(_F64)  # [slices, 4, columns]
-        if self._group_sums is not None:  # consecutive groups
-            groups = slice(slices[0][0], slices[0][0] + len(slices))
-            self._group_sums[:, groups, cols] += parts[:, :2].transpose(0, 1)
+        self._add_group_sums(parts, slices, cols)
         if norms is not None:
             for _, start, stop in slices:
                 self._tails.add_norms(norms[:, start:stop], square[start:stop], cols)
